@@ -1,0 +1,146 @@
+"""Checkpoint files: atomic writes, safe loading (``weights_only=True``), prefix cleaning and fit checks.
+
+A compactnets checkpoint is a dict of plain types and tensors::
+
+    {'version', 'arch', 'state_dict', 'pretrained_cfg', 'class_names', ...training state...}
+
+Official checkpoints of the supported repositories nest their weights under other keys (see STATE_DICT_KEYS).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHECKPOINT_VERSION = 1
+# Where known trainers keep the weights, in order of preference.
+STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net_state_dict", "state_dict_ema")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_file(path: str | Path) -> dict:
+    """Load a torch checkpoint with ``weights_only=True`` onto the CPU; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} cannot be loaded safely (torch.load weights_only=True refused it): {str(e).splitlines()[0]}"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: {str(e).splitlines()[0]}") from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
+    return dict(obj)
+
+
+def extract_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
+    """The weights inside a checkpoint dict (a bare state dict is returned as is), wrapper prefixes stripped."""
+    for key in STATE_DICT_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    state_dict = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state_dict:
+        raise CheckpointError(f"no tensors found in the checkpoint (top-level keys: {sorted(obj)[:8]})")
+    return clean_state_dict(state_dict)
+
+
+def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix) :], True
+        out[key] = value
+    return out
+
+
+def check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Raise a CheckpointError naming the first key whose shape differs, then missing/unexpected keys."""
+    expected = model.state_dict()
+    arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    for key, value in state_dict.items():
+        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{what} does not fit {arch}: {key!r} has shape {tuple(value.shape)} in the checkpoint "
+                f"but {tuple(expected[key].shape)} in the model"
+            )
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]!r})")
+        raise CheckpointError(f"{what} does not fit {arch}: " + ", ".join(parts))
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what="checkpoint"):
+    check_fits(model, state_dict, what)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> dict:
+    """Load weights from a checkpoint file into ``model``; return the checkpoint dict.
+
+    A classifier of another width (fine-tuning to a new number of classes) keeps its initialisation; everything
+    else must fit exactly. A compactnets checkpoint's ``pretrained_cfg`` preprocessing replaces the model's.
+    """
+    obj = load_file(path)
+    state_dict = _keep_own_classifier_if_resized(model, extract_state_dict(obj))
+    load_state_dict_checked(model, state_dict, what=f"checkpoint {path}")
+    apply_preprocessing(model, obj.get("pretrained_cfg"))
+    return obj
+
+
+def _keep_own_classifier_if_resized(model: nn.Module, state_dict: dict) -> dict:
+    """Swap in the model's own classifier tensors when the checkpoint's classifier has another shape."""
+    if not hasattr(model, "get_classifier"):
+        return state_dict
+    head = model.get_classifier()
+    prefix = next((name + "." for name, m in model.named_modules() if m is head and name), None)
+    own = {k: v for k, v in model.state_dict().items() if prefix and k.startswith(prefix)}
+    if any(k in state_dict and state_dict[k].shape != v.shape for k, v in own.items()):
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)} | own
+    return state_dict
+
+
+PREPROCESSING_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std", "channel_order", "pixel_range")
+
+
+def apply_preprocessing(model: nn.Module, cfg: Mapping | None) -> None:
+    if cfg and hasattr(model, "pretrained_cfg"):
+        model.pretrained_cfg.update({k: cfg[k] for k in PREPROCESSING_KEYS if k in cfg})

@@ -1,0 +1,239 @@
+"""The ``compactnets`` command: train, eval, predict, profile, list and convert."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .data import DataError, ImageReadError
+from .engine.recipes import RecipeError
+from .registry import ModelArgumentError, UnknownModelError
+from .safe_pickle import UnsafePickleError
+
+# Errors that describe bad input: printed as one line, exit status 2. Anything else is a bug: traceback.
+USER_ERRORS = (
+    UnknownModelError, DataError, ImageReadError, CheckpointError, RecipeError, UnsafePickleError,
+    ModelArgumentError, FileNotFoundError, FloatingPointError,
+)  # fmt: skip
+
+
+def _train(args, parser, argv):
+    from .engine.recipes import recipe_defaults
+    from .engine.train import default_output, main, resume_checkpoint_path, stored_args
+
+    # Defaults in layers: options < recipe < the resumed run's options < the command line.
+    defaults = {}
+    if args.resume:
+        defaults = stored_args(args.resume)
+        defaults.pop("resume", None)
+        defaults["output"] = str(resume_checkpoint_path(args.resume).parent)
+    elif args.recipe:
+        defaults = recipe_defaults(parser, args.recipe)
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    args.output = args.output or default_output(args.model)
+    main(args)
+
+
+def _eval(args, parser, argv):
+    import torch
+
+    from .engine.distributed import resolve_device
+    from .engine.evaluate import build_eval_loader, evaluate, load_model
+
+    model, _ = load_model(args.checkpoint, args.model)
+    device = resolve_device(args.device)
+    loader = build_eval_loader(
+        model.pretrained_cfg, args.data, args.dataset, args.split, args.batch_size, args.workers, args.limit
+    )
+    result = evaluate(model.to(device), loader, device)
+    cfg = model.pretrained_cfg
+    row = {
+        "model": cfg["architecture"],
+        "checkpoint": args.checkpoint,
+        "data": args.data or "embedded",
+        "split": args.split,
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
+        "top1_err": round(100 - result["top1"], 4),
+        "top5_err": round(100 - result["top5"], 4),
+        "param_count": sum(p.numel() for p in model.parameters()),
+        "img_size": cfg["input_size"][-1],
+        "crop_pct": cfg["crop_pct"],
+        "interpolation": cfg["interpolation"],
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    if args.json:
+        print(json.dumps(row, indent=2))
+    else:
+        print(
+            f" * Acc@1 {result['top1']:.3f} ({row['top1_err']:.3f})  Acc@5 {result['top5']:.3f} "
+            f"({row['top5_err']:.3f})  loss {result['loss']:.4f}  on {result['count']} images"
+        )
+
+
+def _predict(args, parser, argv):
+    from .engine.evaluate import label_names, load_model, predict_images
+
+    model, ckpt = load_model(args.checkpoint, args.model)
+    results = predict_images(model, args.images, label_names(model, ckpt), args.topk)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        print(r["image"])
+        for rank, top in enumerate(r["top"]):
+            print(f"{rank}: class = {top['label']:20s} with probability = {100 * top['probability']:4.1f} %")
+
+
+def _profile(args, parser, argv):
+    from .profiler import format_layers, format_table, profile_model
+    from .registry import list_models
+
+    if args.all or args.family:
+        names = list_models(family=args.family)
+    elif args.models:
+        names = args.models
+    else:
+        parser.error("name one or more models, or use --all / --family")
+    profiles = [profile_model(n, args.convention) for n in names]
+    if args.json:
+        rows = [p.as_dict() for p in profiles]
+        for row in rows:
+            if not args.layers:
+                row.pop("per_module_macs")
+        print(json.dumps(rows, indent=2))
+        return
+    print(format_table(profiles))
+    if args.layers:
+        for p in profiles:
+            print(f"\n{p.model}:\n{format_layers(p)}")
+
+
+def _list(args, parser, argv):
+    from .engine.recipes import list_recipes, read_recipe
+    from .registry import get_model_cfg, list_models, model_family
+
+    if args.recipes:
+        rows = [{"recipe": r, "description": read_recipe(r).get("description", "")} for r in list_recipes()]
+    else:
+        rows = []
+        for name in list_models(args.pattern, args.family):
+            cfg = get_model_cfg(name)
+            ref = cfg["reference"]
+            rows.append(
+                {
+                    "model": name,
+                    "family": model_family(name),
+                    "dataset": cfg["dataset"],
+                    "input": "x".join(map(str, cfg["input_size"][1:])),
+                    "params": ref.get("params", ""),
+                    "macs": ref.get("macs", ""),
+                    "top1": ref.get("top1", ""),
+                }
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no match")
+        return
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys).rstrip())
+    for r in rows:
+        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip())
+
+
+def _convert(args, parser, argv):
+    from .convert import convert_checkpoint
+
+    result = convert_checkpoint(args.family, args.model, args.src, args.dst)
+    print(f"converted {args.src} -> {result['output']} ({args.model}, {result['tensors']} tensors)")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    from .data.datasets import KINDS
+    from .engine.train import add_train_args
+    from .profiler import CONVENTIONS
+    from .registry import list_families
+
+    parser = argparse.ArgumentParser(
+        prog="compactnets",
+        description="Efficient ConvNets: train, evaluate, predict, profile, list and convert models.",
+    )
+    parser.add_argument("--version", action="version", version=f"compactnets {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subs = {}
+
+    def command(name, help_text, func):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        subs[name] = p
+        return p
+
+    p = command("train", "train a model (no options: the demo on the embedded CIFAR-10 subset)", _train)
+    add_train_args(p)
+
+    def add_checkpoint_args(p):
+        p.add_argument("--checkpoint", required=True, help="compactnets checkpoint (train or convert output)")
+        p.add_argument("--model", help="model name (default: the one the checkpoint names)")
+
+    p = command("eval", "top-1/top-5 and loss of a checkpoint on a dataset", _eval)
+    add_checkpoint_args(p)
+    p.add_argument("--data", help="dataset folder (default: the embedded CIFAR-10 subset)")
+    p.add_argument("--dataset", choices=KINDS, help="dataset layout (default: detected)")
+    p.add_argument("--split", default="test", help="test or val (ImageFolder accepts either), or train")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--limit", type=int, help="evaluate a fixed random subset of this many images")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = command("predict", "top-k classes with probabilities for image files", _predict)
+    add_checkpoint_args(p)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+
+    p = command("profile", "parameters, MACs, binary MACs and size beside the published figures", _profile)
+    p.add_argument("models", nargs="*", help="model names")
+    p.add_argument("--all", action="store_true", help="every registered model")
+    p.add_argument("--family", choices=list_families(), help="every model of one family")
+    p.add_argument(
+        "--convention", choices=list(CONVENTIONS), help="MACs counting rule (default: the paper's, per model)"
+    )
+    p.add_argument("--layers", action="store_true", help="also print MACs per layer")
+    p.add_argument("--json", action="store_true")
+
+    p = command("list", "registered models (or recipes) with their published figures", _list)
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'nin*'")
+    p.add_argument("--family", choices=list_families())
+    p.add_argument("--recipes", action="store_true", help="list the training recipes instead")
+    p.add_argument("--json", action="store_true")
+
+    p = command("convert", "convert an official checkpoint into a compactnets checkpoint", _convert)
+    p.add_argument("--family", required=True, choices=list_families())
+    p.add_argument("--model", required=True, help="model name of that family")
+    p.add_argument("src", help="official checkpoint file")
+    p.add_argument("dst", help="compactnets checkpoint to write")
+    return parser, subs
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, subs = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args, subs[args.command], argv[argv.index(args.command) + 1 :])
+    except USER_ERRORS as e:
+        print(f"compactnets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = " (resume with `compactnets train --resume <run folder>`)" if args.command == "train" else ""
+        print(f"\ninterrupted{hint}", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,426 @@
+"""Training: one flat loop in the manner of torchvision's references/classification/train.py.
+
+With no options it trains the default model on the embedded CIFAR-10 subset for a few minutes (the demo);
+recipes (``--recipe``) set the published runs. Every epoch writes to the output folder:
+
+* ``args.json``: the resolved options;
+* ``log.csv``: one row per epoch (lr, train loss/top-1, auxiliary loss, eval loss/top-1/top-5, time);
+* ``last.pth`` and ``best.pth``: model, optimizer, scheduler, AMP scaler, RNG states, epoch and best metric,
+  each written to a temporary file and renamed, so ``--resume`` continues exactly where a run stopped.
+
+A model may define ``auxiliary_loss()`` (a scalar tensor, e.g. a regulariser on its weights); it is added to
+the task loss at every iteration and logged. Under ``torchrun`` the loop runs data-parallel (DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import json
+import os
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from ..checkpoint import CHECKPOINT_VERSION, load_file, load_state_dict_checked, save_atomic
+from ..data import build_dataset, detect_kind, train_transform
+from ..data.datasets import KINDS
+from ..data.transforms import AUGMENTATIONS
+from ..registry import ModelArgumentError, create_model, get_model_cfg
+from .distributed import init_distributed, resolve_device
+from .evaluate import build_eval_loader, default_workers, evaluate, limit_dataset
+from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
+
+DEFAULT_MODEL = "nin"
+LOG_FIELDS = (
+    "epoch", "lr", "train_loss", "train_top1", "aux_loss",
+    "eval_loss", "eval_top1", "eval_top5", "best_top1", "epoch_time_s",
+)  # fmt: skip
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``compactnets train``; the defaults are the demo run on the embedded subset."""
+    add = parser.add_argument
+    add("--recipe", help="named recipe (`compactnets list --recipes`) or path to a .toml recipe")
+    g = parser.add_argument_group("model and data")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
+    g.add_argument(
+        "--model-kwargs", nargs="+", default=[], metavar="KEY=VALUE", help="constructor arguments, e.g. binary=True"
+    )
+    g.add_argument("--pretrained", help="checkpoint to initialise the weights from")
+    g.add_argument("--num-classes", type=int, help="classifier width (default: the dataset's class count)")
+    g.add_argument("--data", help="dataset folder (default: the CIFAR-10 subset embedded in the package)")
+    g.add_argument("--dataset", choices=KINDS, help="dataset layout (default: detected from --data)")
+    g.add_argument("--train-limit", type=int, help="train on a fixed random subset of this many images")
+    g.add_argument("--eval-limit", type=int, help="evaluate on a fixed random subset of this many images")
+    g.add_argument("--augment", choices=AUGMENTATIONS, help="default: cifar for 32x32 models, else imagenet")
+    g.add_argument("--color-jitter", type=float, default=0.0, help="brightness/contrast/saturation jitter")
+    g.add_argument("--workers", type=int, help="data-loading processes (default: 0 in memory, else up to 4)")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=3)
+    g.add_argument("--batch-size", type=int, default=100, help="per process")
+    g.add_argument("--eval-batch-size", type=int, help="default: --batch-size")
+    g.add_argument("--opt", choices=OPTIMIZERS, default="sgd")
+    g.add_argument("--lr", type=float, default=0.05)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--nesterov", action="store_true")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--wd-filter", choices=WD_FILTERS, default="all", help="kernels: no decay on BN and biases")
+    g.add_argument("--sched", choices=SCHEDULES, default="cosine")
+    g.add_argument("--lr-milestones", type=float, nargs="+", help="multistep: epochs of the lr drops")
+    g.add_argument("--lr-milestone-fractions", type=float, nargs="+", help="multistep: drops at these x epochs")
+    g.add_argument("--lr-milestone-lag", type=int, default=0, help="1: each drop one epoch after its milestone (MCTS)")
+    g.add_argument("--lr-gamma", type=float, default=0.1)
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up from 0, per iteration")
+    g.add_argument("--min-lr", type=float, default=0.0, help="cosine floor")
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC memory format")
+    g = parser.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact reruns)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--output", help="run folder (default: runs/<model>-<time>)")
+    g.add_argument("--resume", help="continue from a checkpoint (last.pth) or a run folder")
+    g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: never)")
+    g.add_argument("--eval-first", action="store_true", help="also evaluate before training")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_model_kwargs(items: list[str]) -> dict:
+    """``["channels=[48, 40]", "binary=True"]`` -> dict, values read as Python literals (else strings)."""
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ModelArgumentError(f"--model-kwargs takes KEY=VALUE items, got {item!r}")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return kwargs
+
+
+def resume_checkpoint_path(resume: str) -> Path:
+    path = Path(resume)
+    return path / "last.pth" if path.is_dir() else path
+
+
+# --- reproducibility --------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].copy()), "pos": np_state[2], "gauss": np_state[3:]},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy(), np_state["pos"], *np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- one epoch --------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def train_one_epoch(model, optimizer, scheduler, loader, device, args, scaler, autocast, progress) -> dict:
+    model.train()
+    auxiliary_loss = getattr(_unwrap(model), "auxiliary_loss", None)
+    stats = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, correct, count, aux sum
+    for step, (images, targets) in enumerate(progress(loader)):
+        images = images.to(device, non_blocking=True)
+        if args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with autocast:
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
+            aux = auxiliary_loss() if auxiliary_loss else None
+            total = loss + aux if aux is not None else loss
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+        else:
+            total.backward()
+        if args.clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        n = len(targets)
+        stats += torch.stack(
+            [
+                loss.detach().double() * n,
+                (logits.argmax(dim=1) == targets).sum().double(),
+                torch.tensor(float(n), device=device, dtype=torch.float64),
+                (aux.detach().double() * n) if aux is not None else torch.zeros((), device=device).double(),
+            ]
+        )
+        if step % 20 == 0 or step == len(loader) - 1:
+            loss_sum, correct, count, _ = stats.tolist()
+            if not np.isfinite(loss.item()):
+                raise FloatingPointError(
+                    f"the loss became {loss.item()} at iteration {step}: lower --lr or set --clip-grad"
+                )
+            if hasattr(progress, "postfix"):
+                progress.postfix(loss=loss_sum / count, top1=100 * correct / count)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(stats)
+    loss_sum, correct, count, aux_sum = stats.tolist()
+    return {
+        "loss": loss_sum / count,
+        "top1": 100.0 * correct / count,
+        "aux_loss": aux_sum / count if auxiliary_loss else None,
+    }
+
+
+class _Progress:
+    """tqdm over the batches of an epoch (silent on other ranks or with --no-progress)."""
+
+    def __init__(self, enabled: bool, desc: str):
+        self.enabled, self.desc, self.bar = enabled, desc, None
+
+    def __call__(self, loader):
+        if not self.enabled:
+            return loader
+        self.bar = tqdm(loader, desc=self.desc, leave=False, dynamic_ncols=True)
+        return self.bar
+
+    def postfix(self, **values):
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _read_log(path: Path, upto_epoch: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if int(row["epoch"]) <= upto_epoch]
+
+
+def _fmt(v, spec=".3f"):
+    return "-" if v is None else format(v, spec)
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Train as ``args`` say; return the final and best metrics."""
+    device = resolve_device(args.device)
+    dist_info, device = init_distributed(device)
+    log = print if dist_info.is_main else (lambda *a, **k: None)
+    seed_everything(args.seed, args.deterministic)
+
+    # Data first: the number of classes comes from the dataset.
+    cfg = get_model_cfg(args.model)
+    kind = args.dataset or detect_kind(args.data)
+    augment = args.augment or ("cifar" if cfg["input_size"][-1] <= 64 else "imagenet")
+    train_set = build_dataset(args.data, "train", train_transform(cfg, augment, args.color_jitter), kind)
+    train_set = limit_dataset(train_set, args.train_limit, args.seed)
+    classes = list(train_set.classes)
+    num_classes = args.num_classes or len(classes)
+    workers = default_workers(kind) if args.workers is None else args.workers
+    sampler = DistributedSampler(train_set, seed=args.seed) if dist_info.enabled else None
+    generator = torch.Generator()
+    train_loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    eval_loader = None
+    if args.eval_every:
+        eval_loader = build_eval_loader(
+            cfg, args.data, kind, "test", args.eval_batch_size or args.batch_size, workers, args.eval_limit,
+            args.seed, dist_info,
+        )  # fmt: skip
+
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
+    model = create_model(args.model, pretrained=args.pretrained or False, num_classes=num_classes, **model_kwargs)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    iters_per_epoch = len(train_loader)
+    optimizer = create_optimizer(model, args)
+    scheduler = create_scheduler(optimizer, args, iters_per_epoch)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    if dist_info.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    out = Path(args.output)
+    start_epoch, best, best_epoch = 0, None, None
+    if args.resume:
+        path = resume_checkpoint_path(args.resume)
+        ckpt = load_file(path)
+        load_state_dict_checked(_unwrap(model), ckpt["state_dict"], what=f"checkpoint {path}")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, best, best_epoch = ckpt["epoch"], ckpt["best_top1"], ckpt["best_epoch"]
+        log(f"resuming {path} after epoch {start_epoch}/{args.epochs} (best top-1 {_fmt(best, '.2f')})")
+    rows = _read_log(out / "log.csv", start_epoch)
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "args.json").write_text(json.dumps(_plain(vars(args)), indent=2) + "\n")
+
+    n_params = sum(p.numel() for p in _unwrap(model).parameters())
+    log(
+        f"{args.model}: {n_params:,} params | data {kind} {args.data or ''} ({len(train_set)} train images, "
+        f"{len(classes)} classes) | {args.epochs} epochs x {iters_per_epoch} iterations | {device} | out {out}"
+    )
+    if args.eval_first and start_epoch == 0 and eval_loader is not None:
+        e = evaluate(model, eval_loader, device, autocast, args.channels_last)
+        log(f"epoch 0 (before training): eval loss {e['loss']:.3f} top-1 {e['top1']:.2f} top-5 {e['top5']:.2f}")
+
+    metrics = {}
+    for epoch in range(start_epoch, args.epochs):
+        start = time.perf_counter()
+        # Shuffling and worker seeds depend only on (seed, epoch): a resumed run draws the same batches.
+        generator.manual_seed(args.seed + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        progress = _Progress(dist_info.is_main and not args.no_progress, f"epoch {epoch + 1}/{args.epochs}")
+        train_stats = train_one_epoch(
+            model, optimizer, scheduler, train_loader, device, args, scaler, autocast, progress
+        )
+        eval_stats = None
+        if eval_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+            eval_stats = evaluate(model, eval_loader, device, autocast, args.channels_last)
+        score = eval_stats["top1"] if eval_stats else train_stats["top1"]
+        is_best = best is None or score > best
+        if is_best:
+            best, best_epoch = score, epoch + 1
+        metrics = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_stats["loss"],
+            "train_top1": train_stats["top1"],
+            "aux_loss": train_stats["aux_loss"],
+            "eval_loss": eval_stats and eval_stats["loss"],
+            "eval_top1": eval_stats and eval_stats["top1"],
+            "eval_top5": eval_stats and eval_stats["top5"],
+            "best_top1": best,
+            "epoch_time_s": round(time.perf_counter() - start, 2),
+        }
+        if dist_info.is_main:
+            checkpoint = {
+                "version": CHECKPOINT_VERSION,
+                "arch": args.model,
+                "model_kwargs": model_kwargs,
+                "state_dict": _unwrap(model).state_dict(),
+                "pretrained_cfg": _plain(_unwrap(model).pretrained_cfg),
+                "class_names": classes,
+                "epoch": epoch + 1,
+                "metrics": metrics,
+                "best_top1": best,
+                "best_epoch": best_epoch,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_state(),
+                "args": _plain(vars(args)),
+            }
+            # Log, best, then last: a run killed between any two writes resumes from a consistent last.pth
+            # (log rows after its epoch are dropped on resume).
+            rows.append({k: ("" if v is None else v) for k, v in metrics.items()})
+            _write_log(out / "log.csv", rows)
+            if is_best:
+                save_atomic(checkpoint, out / "best.pth")
+            save_atomic(checkpoint, out / "last.pth")
+        log(
+            f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4g}  train loss {train_stats['loss']:.3f} "
+            f"top-1 {train_stats['top1']:.2f}"
+            + (f"  aux {train_stats['aux_loss']:.4f}" if train_stats["aux_loss"] is not None else "")
+            + (
+                f"  | eval loss {eval_stats['loss']:.3f} top-1 {eval_stats['top1']:.2f} top-5 {eval_stats['top5']:.2f}"
+                if eval_stats
+                else ""
+            )
+            + f"  | best {best:.2f}  ({metrics['epoch_time_s']:.0f}s)"
+        )
+    if metrics:
+        log(
+            f"best top-1 {best:.2f} at epoch {best_epoch}; "
+            f"checkpoints in {out}/ (last.pth, best.pth), log {out}/log.csv"
+        )
+    return {"final": metrics, "best_top1": best, "best_epoch": best_epoch, "output": str(out)}
+
+
+def default_output(model: str) -> str:
+    return str(Path("runs") / f"{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+
+def stored_args(resume: str) -> dict:
+    """The options a run was started with, read from its checkpoint."""
+    return dict(load_file(resume_checkpoint_path(resume)).get("args") or {})

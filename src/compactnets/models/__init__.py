@@ -1,0 +1,5 @@
+"""Model families; importing this package registers every model."""
+
+from . import nin
+
+__all__ = ["nin"]

@@ -1,0 +1,167 @@
+"""Training engine: schedules, weight-decay groups, learning on real images, exact resume, run files."""
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import compactnets
+import compactnets.engine.train as engine
+from compactnets.checkpoint import load_file, save_atomic
+from compactnets.engine.optim import lr_factor_fn, param_groups
+from compactnets.engine.train import add_train_args
+
+NARROW = ["--model-kwargs", "channels=[96,80,48,96,96,96,96,96]"]
+TINY = ["--model-kwargs", "channels=[16,16,16,16,16,16,16,16]"]
+
+
+def _args(*argv):
+    return add_train_args(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def _read_log(run):
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _lr_by_epoch(argv, iters=3):
+    args = _args(*argv)
+    factor = lr_factor_fn(args, iters)
+    return [args.lr * factor(e * iters) for e in range(args.epochs)]
+
+
+def test_mcts_multistep_drops_one_epoch_after_each_milestone():
+    # xnor-net.md section 4: E = 200 -> drops at 0-based epochs 101 and 151; E = 150 -> 76 and 114
+    base = ["--sched", "multistep", "--lr", "0.1", "--lr-milestone-fractions", "0.5", "0.75", "--lr-milestone-lag", "1"]
+    lrs = _lr_by_epoch(base + ["--epochs", "200"])
+    assert lrs[100] == pytest.approx(0.1) and lrs[101] == pytest.approx(0.01)
+    assert lrs[150] == pytest.approx(0.01) and lrs[151] == pytest.approx(0.001)
+    lrs = _lr_by_epoch(base + ["--epochs", "150"])
+    assert lrs[75] == pytest.approx(0.1) and lrs[76] == pytest.approx(0.01)
+    assert lrs[113] == pytest.approx(0.01) and lrs[114] == pytest.approx(0.001)
+    # torch's usual semantics (lag 0): the drop lands on the milestone epoch
+    lrs = _lr_by_epoch(["--sched", "multistep", "--lr", "0.1", "--lr-milestones", "150", "225", "--epochs", "300"])
+    assert lrs[149] == pytest.approx(0.1) and lrs[150] == pytest.approx(0.01) and lrs[225] == pytest.approx(0.001)
+
+
+def test_cosine_warmup_and_linear_per_iteration():
+    args = _args("--sched", "cosine", "--epochs", "10", "--warmup-epochs", "2", "--lr", "1")
+    f = lr_factor_fn(args, 100)
+    assert f(0) == 0 and f(100) == pytest.approx(0.5)  # warm-up: step / warmup_steps
+    assert f(200) == pytest.approx(1.0) and f(600) == pytest.approx(0.5) and f(1000) == pytest.approx(0.0)
+    assert f(400) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    g = lr_factor_fn(_args("--sched", "linear", "--epochs", "4"), 250)
+    assert g(0) == 1 and g(500) == pytest.approx(0.5) and g(1000) == 0
+
+
+def test_weight_decay_groups():
+    model = compactnets.create_model("nin")
+    decay, no_decay = param_groups(model, 4e-5, "kernels")
+    assert all(p.ndim == 4 for p in decay["params"]) and len(decay["params"]) == 9
+    assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0
+    (everything,) = param_groups(model, 1e-4, "all")
+    assert len(everything["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.slow
+def test_short_run_learns_real_images(run_cli, tmp_path):
+    """A narrow NIN on 2,000 real CIFAR-10 images (embedded subset) beats chance (10 %) clearly in 4 epochs."""
+    out = tmp_path / "run"
+    status, stdout, _ = run_cli(
+        "train", *NARROW, "--train-limit", "2000", "--epochs", "4", "--lr", "0.1", "--output", out, "--no-progress"
+    )
+    assert status == 0
+    rows = _read_log(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(rows[-1]["eval_top1"]) > 25.0, rows[-1]
+    assert "best top-1" in stdout
+    args = json.loads((out / "args.json").read_text())
+    assert args["model"] == "nin" and args["epochs"] == 4 and args["model_kwargs"] == NARROW[1:]
+
+    # the checkpoint evaluates to the logged number and predicts real images
+    status, stdout, _ = run_cli("eval", "--checkpoint", out / "last.pth", "--json")
+    assert json.loads(stdout)["top1"] == pytest.approx(float(rows[-1]["eval_top1"]))
+
+
+def test_resume_is_exact(run_cli, tmp_path, monkeypatch):
+    """A run stopped after epoch 1 and resumed == the same run uninterrupted (losses, weights, schedule)."""
+    common = [*TINY, "--train-limit", "300", "--eval-limit", "100", "--batch-size", "50", "--deterministic",
+              "--epochs", "2", "--no-progress"]  # fmt: skip
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run_cli("train", *common, "--output", straight)[0] == 0
+
+    save = engine.save_atomic
+
+    def save_then_stop(obj, path):  # Ctrl-C right after epoch 1 is safely on disk
+        save(obj, path)
+        if obj["epoch"] == 1 and path.name == "last.pth":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_atomic", save_then_stop)
+    status, _, err = run_cli("train", *common, "--output", stopped)
+    assert status == 130 and "resume with" in err
+    monkeypatch.setattr(engine, "save_atomic", save)
+    assert len(_read_log(stopped)) == 1
+    status, stdout, _ = run_cli("train", "--resume", stopped)
+    assert status == 0 and "resuming" in stdout and "after epoch 1/2" in stdout
+
+    a, b = _read_log(straight), _read_log(stopped)
+    keys = ("epoch", "lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "best_top1")
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    ca, cb = load_file(straight / "last.pth"), load_file(stopped / "last.pth")
+    assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"])
+    assert ca["epoch"] == cb["epoch"] == 2 and ca["best_top1"] == cb["best_top1"]
+    assert ca["scheduler"]["last_epoch"] == cb["scheduler"]["last_epoch"] == 12
+    assert ca["optimizer"]["state"][0]["momentum_buffer"].equal(cb["optimizer"]["state"][0]["momentum_buffer"])
+
+
+def test_run_folder_contents(run_cli, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", *TINY, "--train-limit", "100", "--eval-limit", "50", "--epochs", "1",
+                   "--output", out, "--no-progress")[0] == 0  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pth", "last.pth", "log.csv"]
+    ckpt = load_file(out / "last.pth")  # weights_only=True
+    assert {"state_dict", "optimizer", "scheduler", "rng", "epoch", "best_top1", "args", "class_names"} <= set(ckpt)
+    assert ckpt["class_names"][0] == "airplane" and ckpt["pretrained_cfg"]["architecture"] == "nin"
+
+
+def test_atomic_save_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "last.pth"
+    save_atomic({"epoch": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_atomic({"epoch": 2, "bad": Unpicklable()}, path)
+    assert load_file(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]  # no temporary left behind
+
+
+def test_diverging_loss_stops_with_advice(run_cli, tmp_path):
+    status, _, err = run_cli("train", *TINY, "--train-limit", "100", "--batch-size", "10", "--lr", "1e12",
+                             "--epochs", "1", "--output", tmp_path, "--no-progress", "--eval-every", "0")  # fmt: skip
+    assert status == 2 and "lower --lr or set --clip-grad" in err
+
+
+@pytest.mark.slow
+def test_torchrun_data_parallel_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "compactnets", "train", *TINY, "--train-limit", "200", "--eval-limit", "101", "--epochs", "1",
+           "--output", str(out), "--no-progress"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("epoch 1/1") == 1  # rank 0 prints
+    ckpt = load_file(out / "last.pth")
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+    assert ckpt["metrics"]["eval_top1"] is not None
