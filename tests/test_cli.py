@@ -134,6 +134,9 @@ def test_checkpoint_with_code_is_refused(run_cli, tmp_path):
         ("[train]\nlr_milestones = 30\n", "lr_milestones = 30 should be a list"),
         ("[train\nlr = 1\n", "malformed recipe"),
         ("lr = 0.1\n", "expected a [train] table"),
+        ("[train]\n[[phases]]\nepochs = 1\nmodel = 'nin'\n", "unknown option 'model' in phase 1"),
+        ("[train]\n[[phases]]\nlr = 0.1\n", "phase 1 needs epochs > 0"),
+        ("[train]\nepochs = 9\n[[phases]]\nepochs = 2\n", "epochs = 9 but the phases sum to 2"),
     ],
 )
 def test_malformed_recipes(run_cli, tmp_path, text, message):

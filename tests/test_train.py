@@ -165,3 +165,71 @@ def test_torchrun_data_parallel_on_cpu(tmp_path):
     ckpt = load_file(out / "last.pth")
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
     assert ckpt["metrics"]["eval_top1"] is not None
+
+
+PHASED = """
+description = "three phases"
+[train]
+sched = "constant"
+[[phases]]
+epochs = 1
+lr = 0.1
+[[phases]]
+epochs = 1
+lr = 0.01
+restart_from_best = true
+[[phases]]
+epochs = 1
+lr = 0.001
+momentum = 0.5
+restart_from_best = true
+"""
+
+
+def test_phases_restart_from_best_and_resume_across_a_boundary(run_cli, tmp_path, monkeypatch):
+    recipe = tmp_path / "phased.toml"
+    recipe.write_text(PHASED)
+    common = [
+        "--recipe",
+        recipe,
+        *TINY,
+        "--train-limit",
+        "200",
+        "--eval-limit",
+        "100",
+        "--deterministic",
+        "--no-progress",
+    ]
+    restored = []
+    load = engine.load_state_dict_checked
+    monkeypatch.setattr(
+        engine, "load_state_dict_checked", lambda m, sd, what: (restored.append(what), load(m, sd, what))
+    )
+
+    straight = tmp_path / "straight"
+    status, stdout, _ = run_cli("train", *common, "--output", straight)
+    assert status == 0 and stdout.count("restarting from best.pth") == 2
+    assert restored == [f"checkpoint {straight}/best.pth"] * 2
+    rows = _read_log(straight)
+    assert [float(r["lr"]) for r in rows] == [0.1, 0.01, 0.001]
+    ckpt = load_file(straight / "last.pth")
+    assert ckpt["phase"] == 2 and ckpt["optimizer"]["param_groups"][0]["momentum"] == 0.5
+
+    # stop at the end of phase 1, resume: phase 2 starts as in the straight run
+    stopped = tmp_path / "stopped"
+    save = engine.save_atomic
+
+    def save_then_stop(obj, path):
+        save(obj, path)
+        if obj["epoch"] == 1 and path.name == "last.pth":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_atomic", save_then_stop)
+    assert run_cli("train", *common, "--output", stopped)[0] == 130
+    monkeypatch.setattr(engine, "save_atomic", save)
+    assert run_cli("train", "--resume", stopped)[0] == 0
+    keys = ("epoch", "lr", "train_loss", "eval_loss", "eval_top1")
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in _read_log(stopped)]
+
+    status, _, err = run_cli("train", *common, "--epochs", "5", "--output", tmp_path / "x")
+    assert status == 2 and "trains in phases of 1 + 1 + 1 epochs" in err

@@ -34,6 +34,11 @@ def _train(args, parser, argv):
         defaults = recipe_defaults(parser, args.recipe)
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
+    if args.phases and args.epochs != sum(p["epochs"] for p in args.phases):
+        raise RecipeError(
+            f"this recipe trains in phases of {' + '.join(str(p['epochs']) for p in args.phases)} epochs; "
+            "--epochs cannot change it (edit the phases in a copy of the recipe)"
+        )
     args.output = args.output or default_output(args.model)
     main(args)
 

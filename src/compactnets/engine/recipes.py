@@ -3,6 +3,10 @@
 A recipe name refers to ``compactnets/recipes/<name>.toml``; a path to any .toml file works too. Keys are the
 option names with dashes or underscores (``lr``, ``weight_decay``, ``lr-milestones``). Values are checked
 against the options' types and choices; the command line overrides any of them.
+
+Optional ``[[phases]]`` tables split training into consecutive phases, each with its own ``epochs`` and any
+optimisation options (lr, schedule, ...), a fresh optimizer, and ``restart_from_best = true`` to reload the best
+checkpoint so far first (Net_RL2's CIFAR-100 recipe). The run's ``epochs`` is then the sum of the phases'.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ else:  # pragma: no cover
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 _METADATA_KEYS = {"description", "source", "reference", "notes"}
+PHASE_GROUP = "optimisation"  # the option group whose options a phase may set
 
 
 class RecipeError(ValueError):
@@ -50,12 +55,16 @@ def read_recipe(name_or_path: str) -> dict:
         recipe = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise RecipeError(f"malformed recipe {path}: {e}") from e
-    unknown = set(recipe) - _METADATA_KEYS - {"train"}
+    unknown = set(recipe) - _METADATA_KEYS - {"train", "phases"}
     if unknown or not isinstance(recipe.get("train"), dict):
         raise RecipeError(
-            f"malformed recipe {path}: expected a [train] table and optional {sorted(_METADATA_KEYS)}"
+            f"malformed recipe {path}: expected a [train] table, optional [[phases]] and {sorted(_METADATA_KEYS)}"
             + (f", found {sorted(unknown)}" if unknown else "")
         )
+    if "phases" in recipe and not (
+        isinstance(recipe["phases"], list) and recipe["phases"] and all(isinstance(p, dict) for p in recipe["phases"])
+    ):
+        raise RecipeError(f"malformed recipe {path}: phases must be [[phases]] tables")
     return recipe
 
 
@@ -92,16 +101,36 @@ def _check_value(path: Path, key: str, value, action: argparse.Action):
     return out if many else out[0]
 
 
-def recipe_defaults(parser: argparse.ArgumentParser, name_or_path: str) -> dict:
-    """The recipe's ``[train]`` values keyed by option dest, validated against ``parser``."""
-    path = recipe_path(name_or_path)
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "recipe")}
+def _check_table(path: Path, table: dict, actions: dict, where: str) -> dict:
     values = {}
-    for key, value in read_recipe(name_or_path)["train"].items():
+    for key, value in table.items():
         dest = key.replace("-", "_")
         if dest not in actions:
             close = difflib.get_close_matches(dest, list(actions), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise RecipeError(f"malformed recipe {path}: unknown option {key!r}{hint}")
+            raise RecipeError(f"malformed recipe {path}: unknown option {key!r}{where}{hint}")
         values[dest] = _check_value(path, key, value, actions[dest])
+    return values
+
+
+def recipe_defaults(parser: argparse.ArgumentParser, name_or_path: str) -> dict:
+    """The recipe's values keyed by option dest (``phases``: a list of dicts), validated against ``parser``."""
+    path = recipe_path(name_or_path)
+    recipe = read_recipe(name_or_path)
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "recipe")}
+    values = _check_table(path, recipe["train"], actions, "")
+    if "phases" in recipe:
+        group = next(g for g in parser._action_groups if g.title == PHASE_GROUP)
+        phase_actions = {a.dest: a for a in group._group_actions}
+        phase_actions["restart_from_best"] = argparse._StoreTrueAction([], "restart_from_best")
+        phases = []
+        for i, table in enumerate(recipe["phases"]):
+            phase = _check_table(path, table, phase_actions, f" in phase {i + 1}")
+            if phase.get("epochs", 0) <= 0:
+                raise RecipeError(f"malformed recipe {path}: phase {i + 1} needs epochs > 0")
+            phases.append(phase)
+        total = sum(p["epochs"] for p in phases)
+        if values.get("epochs", total) != total:
+            raise RecipeError(f"malformed recipe {path}: epochs = {values['epochs']} but the phases sum to {total}")
+        values.update(phases=phases, epochs=total)
     return values

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: never)")
     g.add_argument("--eval-first", action="store_true", help="also evaluate before training")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(phases=None)  # set by a recipe's [[phases]] tables only
     return parser
 
 
@@ -112,6 +114,34 @@ def parse_model_kwargs(items: list[str]) -> dict:
         except (ValueError, SyntaxError):
             kwargs[key] = value
     return kwargs
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Epochs [start, end) trained with ``args`` (the run's options with the phase's overrides)."""
+
+    start: int
+    end: int
+    args: argparse.Namespace
+    restart_from_best: bool = False
+
+
+def build_phases(args: argparse.Namespace) -> list[Phase]:
+    """The recipe's ``[[phases]]`` (each a fresh optimizer and schedule over its own epochs, optionally
+    restarting from the best checkpoint so far), or the whole run as one phase."""
+    if not args.phases:
+        return [Phase(0, args.epochs, args)]
+    phases, start = [], 0
+    for overrides in args.phases:
+        options = {k: v for k, v in overrides.items() if k != "restart_from_best"}
+        end = start + options["epochs"]
+        phases.append(
+            Phase(
+                start, end, argparse.Namespace(**{**vars(args), **options}), overrides.get("restart_from_best", False)
+            )
+        )
+        start = end
+    return phases
 
 
 def resume_checkpoint_path(resume: str) -> Path:
@@ -307,8 +337,6 @@ def main(args: argparse.Namespace) -> dict:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     iters_per_epoch = len(train_loader)
-    optimizer = create_optimizer(model, args)
-    scheduler = create_scheduler(optimizer, args, iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
@@ -316,13 +344,11 @@ def main(args: argparse.Namespace) -> dict:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     out = Path(args.output)
-    start_epoch, best, best_epoch = 0, None, None
+    ckpt, start_epoch, best, best_epoch = None, 0, None, None
     if args.resume:
         path = resume_checkpoint_path(args.resume)
         ckpt = load_file(path)
         load_state_dict_checked(_unwrap(model), ckpt["state_dict"], what=f"checkpoint {path}")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
@@ -342,79 +368,98 @@ def main(args: argparse.Namespace) -> dict:
         e = evaluate(model, eval_loader, device, autocast, args.channels_last)
         log(f"epoch 0 (before training): eval loss {e['loss']:.3f} top-1 {e['top1']:.2f} top-5 {e['top5']:.2f}")
 
+    phases = build_phases(args)
     metrics = {}
-    for epoch in range(start_epoch, args.epochs):
-        start = time.perf_counter()
-        # Shuffling and worker seeds depend only on (seed, epoch): a resumed run draws the same batches.
-        generator.manual_seed(args.seed + epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        progress = _Progress(dist_info.is_main and not args.no_progress, f"epoch {epoch + 1}/{args.epochs}")
-        train_stats = train_one_epoch(
-            model, optimizer, scheduler, train_loader, device, args, scaler, autocast, progress
-        )
-        eval_stats = None
-        if eval_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            eval_stats = evaluate(model, eval_loader, device, autocast, args.channels_last)
-        score = eval_stats["top1"] if eval_stats else train_stats["top1"]
-        is_best = best is None or score > best
-        if is_best:
-            best, best_epoch = score, epoch + 1
-        metrics = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": train_stats["loss"],
-            "train_top1": train_stats["top1"],
-            "aux_loss": train_stats["aux_loss"],
-            "eval_loss": eval_stats and eval_stats["loss"],
-            "eval_top1": eval_stats and eval_stats["top1"],
-            "eval_top5": eval_stats and eval_stats["top5"],
-            "best_top1": best,
-            "epoch_time_s": round(time.perf_counter() - start, 2),
-        }
-        if dist_info.is_main:
-            checkpoint = {
-                "version": CHECKPOINT_VERSION,
-                "arch": args.model,
-                "model_kwargs": model_kwargs,
-                "state_dict": _unwrap(model).state_dict(),
-                "pretrained_cfg": _plain(_unwrap(model).pretrained_cfg),
-                "class_names": classes,
-                "epoch": epoch + 1,
-                "metrics": metrics,
-                "best_top1": best,
-                "best_epoch": best_epoch,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_state(),
-                "args": _plain(vars(args)),
-            }
-            # Log, best, then last: a run killed between any two writes resumes from a consistent last.pth
-            # (log rows after its epoch are dropped on resume).
-            rows.append({k: ("" if v is None else v) for k, v in metrics.items()})
-            _write_log(out / "log.csv", rows)
-            if is_best:
-                save_atomic(checkpoint, out / "best.pth")
-            save_atomic(checkpoint, out / "last.pth")
-        log(
-            f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4g}  train loss {train_stats['loss']:.3f} "
-            f"top-1 {train_stats['top1']:.2f}"
-            + (f"  aux {train_stats['aux_loss']:.4f}" if train_stats["aux_loss"] is not None else "")
-            + (
-                f"  | eval loss {eval_stats['loss']:.3f} top-1 {eval_stats['top1']:.2f} top-5 {eval_stats['top5']:.2f}"
-                if eval_stats
-                else ""
+    for index, phase in enumerate(phases):
+        if phase.end <= start_epoch:
+            continue
+        resumed_inside = ckpt is not None and ckpt.get("phase", 0) == index and start_epoch > phase.start
+        if len(phases) > 1 and not resumed_inside:
+            log(f"phase {index + 1}/{len(phases)}: epochs {phase.start + 1}-{phase.end}, lr {phase.args.lr:g}")
+            if phase.restart_from_best:
+                best_ckpt = load_file(out / "best.pth")
+                load_state_dict_checked(_unwrap(model), best_ckpt["state_dict"], what=f"checkpoint {out}/best.pth")
+                log(f"  restarting from best.pth (epoch {best_ckpt['epoch']}) with a fresh {phase.args.opt} optimizer")
+        optimizer = create_optimizer(_unwrap(model), phase.args)
+        scheduler = create_scheduler(optimizer, phase.args, iters_per_epoch)
+        if resumed_inside:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+
+        for epoch in range(max(start_epoch, phase.start), phase.end):
+            start = time.perf_counter()
+            # Shuffling and worker seeds depend only on (seed, epoch): a resumed run draws the same batches.
+            generator.manual_seed(args.seed + epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            progress = _Progress(dist_info.is_main and not args.no_progress, f"epoch {epoch + 1}/{args.epochs}")
+            train_stats = train_one_epoch(
+                model, optimizer, scheduler, train_loader, device, phase.args, scaler, autocast, progress
             )
-            + f"  | best {best:.2f}  ({metrics['epoch_time_s']:.0f}s)"
-        )
+            eval_stats = None
+            if eval_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == phase.end):
+                eval_stats = evaluate(model, eval_loader, device, autocast, args.channels_last)
+            score = eval_stats["top1"] if eval_stats else train_stats["top1"]
+            is_best = best is None or score > best
+            if is_best:
+                best, best_epoch = score, epoch + 1
+            metrics = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": train_stats["loss"],
+                "train_top1": train_stats["top1"],
+                "aux_loss": train_stats["aux_loss"],
+                "eval_loss": eval_stats and eval_stats["loss"],
+                "eval_top1": eval_stats and eval_stats["top1"],
+                "eval_top5": eval_stats and eval_stats["top5"],
+                "best_top1": best,
+                "epoch_time_s": round(time.perf_counter() - start, 2),
+            }
+            if dist_info.is_main:
+                checkpoint = {
+                    "version": CHECKPOINT_VERSION,
+                    "arch": args.model,
+                    "model_kwargs": model_kwargs,
+                    "state_dict": _unwrap(model).state_dict(),
+                    "pretrained_cfg": _plain(_unwrap(model).pretrained_cfg),
+                    "class_names": classes,
+                    "epoch": epoch + 1,
+                    "phase": index,
+                    "metrics": metrics,
+                    "best_top1": best,
+                    "best_epoch": best_epoch,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": rng_state(),
+                    "args": _plain(vars(args)),
+                }
+                # Log, best, then last: a run killed between any two writes resumes from a consistent last.pth
+                # (log rows after its epoch are dropped on resume).
+                rows.append({k: ("" if v is None else v) for k, v in metrics.items()})
+                _write_log(out / "log.csv", rows)
+                if is_best:
+                    save_atomic(checkpoint, out / "best.pth")
+                save_atomic(checkpoint, out / "last.pth")
+            log(_epoch_line(metrics, args.epochs))
     if metrics:
         log(
             f"best top-1 {best:.2f} at epoch {best_epoch}; "
             f"checkpoints in {out}/ (last.pth, best.pth), log {out}/log.csv"
         )
     return {"final": metrics, "best_top1": best, "best_epoch": best_epoch, "output": str(out)}
+
+
+def _epoch_line(m: dict, epochs: int) -> str:
+    line = (
+        f"epoch {m['epoch']}/{epochs}  lr {m['lr']:.4g}  train loss {m['train_loss']:.3f} top-1 {m['train_top1']:.2f}"
+    )
+    if m["aux_loss"] is not None:
+        line += f"  aux {m['aux_loss']:.4f}"
+    if m["eval_top1"] is not None:
+        line += f"  | eval loss {m['eval_loss']:.3f} top-1 {m['eval_top1']:.2f} top-5 {m['eval_top5']:.2f}"
+    return line + f"  | best {m['best_top1']:.2f}  ({m['epoch_time_s']:.0f}s)"
 
 
 def default_output(model: str) -> str:
