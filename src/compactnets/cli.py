@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"compactnets {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
     except KeyboardInterrupt:
         hint = " (resume with `compactnets train --resume <run folder>`)" if args.command == "train" else ""
         print(f"\ninterrupted{hint}", file=sys.stderr)
