@@ -233,3 +233,23 @@ def test_phases_restart_from_best_and_resume_across_a_boundary(run_cli, tmp_path
 
     status, _, err = run_cli("train", *common, "--epochs", "5", "--output", tmp_path / "x")
     assert status == 2 and "trains in phases of 1 + 1 + 1 epochs" in err
+
+
+def test_auxiliary_loss_hook_is_weighted_and_logged(run_cli, tmp_path, monkeypatch):
+    """A model's auxiliary_loss() joins the loss with --aux-loss-weight; its plain value is logged."""
+    from compactnets.models.nin import NIN
+
+    def auxiliary_loss(self):  # pull every conv weight towards zero: a visible effect on the weights
+        return sum(m.weight.pow(2).sum() for m in self.modules() if isinstance(m, torch.nn.Conv2d))
+
+    monkeypatch.setattr(NIN, "auxiliary_loss", auxiliary_loss, raising=False)
+    common = [*TINY, "--train-limit", "100", "--epochs", "1", "--eval-every", "0", "--no-progress", "--deterministic"]
+    norms = {}
+    for weight in ("0", "5"):
+        out = tmp_path / weight
+        assert run_cli("train", *common, "--aux-loss-weight", weight, "--output", out)[0] == 0
+        row = _read_log(out)[0]
+        assert float(row["aux_loss"]) > 0
+        sd = load_file(out / "last.pth")["state_dict"]
+        norms[weight] = sum(v.pow(2).sum().item() for k, v in sd.items() if k.endswith("conv.weight"))
+    assert norms["5"] < 0.5 * norms["0"]

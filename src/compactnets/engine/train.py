@@ -8,8 +8,8 @@ recipes (``--recipe``) set the published runs. Every epoch writes to the output 
 * ``last.pth`` and ``best.pth``: model, optimizer, scheduler, AMP scaler, RNG states, epoch and best metric,
   each written to a temporary file and renamed, so ``--resume`` continues exactly where a run stopped.
 
-A model may define ``auxiliary_loss()`` (a scalar tensor, e.g. a regulariser on its weights); it is added to
-the task loss at every iteration and logged. Under ``torchrun`` the loop runs data-parallel (DDP).
+A model may define ``auxiliary_loss()`` (a scalar tensor, e.g. a regulariser on its weights); times
+``--aux-loss-weight`` it is added to the task loss at every iteration, and its unweighted value is logged. Under ``torchrun`` the loop runs data-parallel (DDP).
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up from 0, per iteration")
     g.add_argument("--min-lr", type=float, default=0.0, help="cosine floor")
     g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument(
+        "--aux-loss-weight", type=float, default=1.0, help="weight of the model's auxiliary_loss(), if it has one"
+    )
     g.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC memory format")
@@ -206,7 +209,7 @@ def train_one_epoch(model, optimizer, scheduler, loader, device, args, scaler, a
             logits = model(images)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
             aux = auxiliary_loss() if auxiliary_loss else None
-            total = loss + aux if aux is not None else loss
+            total = loss + args.aux_loss_weight * aux if aux is not None else loss
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(total).backward()
