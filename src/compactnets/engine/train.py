@@ -9,7 +9,8 @@ recipes (``--recipe``) set the published runs. Every epoch writes to the output 
   each written to a temporary file and renamed, so ``--resume`` continues exactly where a run stopped.
 
 A model may define ``auxiliary_loss()`` (a scalar tensor, e.g. a regulariser on its weights); times
-``--aux-loss-weight`` it is added to the task loss at every iteration, and its unweighted value is logged. Under ``torchrun`` the loop runs data-parallel (DDP).
+``--aux-loss-weight`` it is added to the task loss at every iteration, and its unweighted value is logged.
+Under ``torchrun`` the loop runs data-parallel (DDP).
 """
 
 from __future__ import annotations
