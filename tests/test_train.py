@@ -253,3 +253,15 @@ def test_auxiliary_loss_hook_is_weighted_and_logged(run_cli, tmp_path, monkeypat
         sd = load_file(out / "last.pth")["state_dict"]
         norms[weight] = sum(v.pow(2).sum().item() for k, v in sd.items() if k.endswith("conv.weight"))
     assert norms["5"] < 0.5 * norms["0"]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_clipping_train(run_cli, tmp_path, amp):
+    out = tmp_path / amp
+    status, _, err = run_cli("train", *TINY, "--train-limit", "100", "--eval-limit", "50", "--epochs", "1",
+                             "--amp", amp, "--clip-grad", "1.0", "--output", out, "--no-progress")  # fmt: skip
+    assert status == 0, err
+    ckpt = load_file(out / "last.pth")
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt["state_dict"].values())  # fp32 master weights
+    assert (ckpt["scaler"] is not None) == (amp == "fp16")  # a GradScaler only for fp16, saved for --resume
+    assert math.isfinite(float(_read_log(out)[0]["train_loss"]))
