@@ -240,8 +240,7 @@ def train_one_epoch(model, optimizer, scheduler, loader, device, args, scaler, a
                 raise FloatingPointError(
                     f"the loss became {loss.item()} at iteration {step}: lower --lr or set --clip-grad"
                 )
-            if hasattr(progress, "postfix"):
-                progress.postfix(loss=loss_sum / count, top1=100 * correct / count)
+            progress.postfix(loss=loss_sum / count, top1=100 * correct / count)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(stats)
     loss_sum, correct, count, aux_sum = stats.tolist()
@@ -365,7 +364,7 @@ def main(args: argparse.Namespace) -> dict:
 
     n_params = sum(p.numel() for p in _unwrap(model).parameters())
     log(
-        f"{args.model}: {n_params:,} params | data {kind} {args.data or ''} ({len(train_set)} train images, "
+        f"{args.model}: {n_params:,} params | data {' '.join(filter(None, (kind, args.data)))} ({len(train_set)} train images, "
         f"{len(classes)} classes) | {args.epochs} epochs x {iters_per_epoch} iterations | {device} | out {out}"
     )
     if args.eval_first and start_epoch == 0 and eval_loader is not None:
