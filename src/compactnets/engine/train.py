@@ -363,8 +363,9 @@ def main(args: argparse.Namespace) -> dict:
         (out / "args.json").write_text(json.dumps(_plain(vars(args)), indent=2) + "\n")
 
     n_params = sum(p.numel() for p in _unwrap(model).parameters())
+    data = f"{kind} {args.data}" if args.data else kind
     log(
-        f"{args.model}: {n_params:,} params | data {' '.join(filter(None, (kind, args.data)))} ({len(train_set)} train images, "
+        f"{args.model}: {n_params:,} params | data {data} ({len(train_set)} train images, "
         f"{len(classes)} classes) | {args.epochs} epochs x {iters_per_epoch} iterations | {device} | out {out}"
     )
     if args.eval_first and start_epoch == 0 and eval_loader is not None:
