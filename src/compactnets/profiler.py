@@ -203,6 +203,7 @@ class Profile:
     published_macs: str | None = None
     published_top1: float | None = None
     source: str = ""
+    notes: str = ""  # about the published figures (errata, labels)
     per_module_macs: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -262,6 +263,7 @@ def profile_model(name: str, convention: str | None = None, **model_kwargs) -> P
         published_macs=reference.get("macs") if same_convention else None,
         published_top1=reference.get("top1"),
         source=reference.get("source", ""),
+        notes=reference.get("notes", ""),
         per_module_macs=per_module,
     )
 
@@ -308,6 +310,7 @@ def format_table(profiles: list[Profile]) -> str:
     lines.append("")
     lines.append("MACs at batch 1 and the model's input size. FP/binary MACs: FlopCounterMode FLOPs / 2.")
     lines += [f"convention {c}: {CONVENTIONS[c].description}" for c in used]
+    lines += [f"note {p.model}: {p.notes}" for p in profiles if p.notes]
     return "\n".join(lines)
 
 

@@ -101,18 +101,17 @@ def basis_similarity(shared: Sequence[torch.Tensor], unique: Sequence[torch.Tens
     whole ``(S S^T - I)^2``. The diagonal pulls every filter to unit norm.
 
     The regulariser is ``sum(similarities) / sum(counts)`` over the groups of a model (a mean over all selected
-    entries, not per group), computed in float32 even under autocast.
+    entries, not per group), computed in float32 (or the weights' wider type) even under autocast.
     """
+    dtype = torch.promote_types(shared[0].dtype, torch.float32)  # float32 at least, whatever the autocast
     with torch.autocast(shared[0].device.type, enabled=False):
-        s = torch.cat([w.flatten(1) for w in shared]).float()
-        rows = torch.cat([s, *(w.flatten(1).float() for w in unique)])
+        s = torch.cat([w.flatten(1) for w in shared]).to(dtype)
+        rows = torch.cat([s, *(w.flatten(1).to(dtype) for w in unique)])
         n_shared, n_rows = s.shape[0], rows.shape[0]
-        eye = torch.eye(n_shared, n_rows, device=s.device)
-        total = (s @ rows.T - eye).square().sum()
+        total = (s @ rows.T - torch.eye(n_shared, n_rows, dtype=dtype, device=s.device)).square().sum()
         count = n_shared * n_rows
         if unique:
-            u = torch.stack([w.flatten(1) for w in unique]).float()  # (K, rank, length)
-            eye = torch.eye(u.shape[1], device=u.device)
-            total = total + (u @ u.transpose(1, 2) - eye).square().sum()
+            u = torch.stack([w.flatten(1) for w in unique]).to(dtype)  # (K, rank, length)
+            total = total + (u @ u.transpose(1, 2) - torch.eye(u.shape[1], dtype=dtype, device=u.device)).square().sum()
             count += u.shape[0] * u.shape[1] ** 2
     return total, count

@@ -336,8 +336,8 @@ class SharedBasisNet(nn.Module):
         """The layers whose unique filters join ``group``'s shared bases, in block order."""
         return [m for m in self.modules() if isinstance(m, SharedBasisConv2d) and any(m.shared is b for b in group)]
 
-    def auxiliary_loss(self) -> torch.Tensor:
-        """The orthogonality regulariser: mean of the selected ``(B B^T - I)^2`` entries over all groups.
+    def orthogonality_terms(self) -> tuple[torch.Tensor, int]:
+        """Sum and count of the selected ``(B B^T - I)^2`` entries over all groups of bases.
 
         Per group, the shared bases are stacked jointly (DoubleShared's two bases must also be orthogonal to
         each other); with ``regularize_unique`` (the CIFAR-10 script) every later block's unique filters join
@@ -348,6 +348,12 @@ class SharedBasisNet(nn.Module):
             unique = [m.weight for m in self.unique_bases(group)] if self.regularize_unique else []
             similarity, n = basis_similarity([b.weight for b in group], unique)
             total, count = total + similarity, count + n
+        return total, count
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """The orthogonality regulariser: the mean of all selected entries (times ``--aux-loss-weight``, the
+        official ``--lambdaR`` = 10, it joins the training loss)."""
+        total, count = self.orthogonality_terms()
         return total / count
 
     def official_aliases(self) -> dict[str, str]:
