@@ -377,33 +377,23 @@ def test_converted_checkpoint_evaluates(run_cli, tmp_path, monkeypatch, cifar10_
     assert '"param_count": 245642' in out and '"count": 4' in out
 
 
+def _convert_official(run_cli, tmp_path, monkeypatch, official_name, model_name):
+    """Convert an official checkpoint in the layout of ``official_name`` into ``model_name``: (status, stderr)."""
+    arch, _ = OFFICIAL_RESNETS[official_name]
+    _save_official(tmp_path / f"{official_name}.pth", _official_resnet(**arch), False, False, monkeypatch)
+    args = ("--family", "shared-bases", "--model", model_name, tmp_path / f"{official_name}.pth", tmp_path / "out")
+    status, _, err = run_cli("convert", *args)
+    assert not (tmp_path / "out").exists()
+    return status, err
+
+
 def test_convert_refuses_checkpoints_of_other_shapes_with_the_key(run_cli, tmp_path, monkeypatch):
-    arch, _ = OFFICIAL_RESNETS["resnet32_s8u1_cifar10"]
-    _save_official(tmp_path / "s8u1.pth", _official_resnet(**arch), False, False, monkeypatch)
-    status, _, err = run_cli(
-        "convert",
-        "--family",
-        "shared-bases",
-        "--model",
-        "resnet32_s16u1_cifar10",
-        tmp_path / "s8u1.pth",
-        tmp_path / "x",
-    )
+    status, err = _convert_official(run_cli, tmp_path, monkeypatch, "resnet32_s8u1_cifar10", "resnet32_s16u1_cifar10")
     assert status == 2
     assert "'shared_basis_1.weight' has shape (8, 16, 3, 3) in the checkpoint but (16, 16, 3, 3)" in err
-    assert not (tmp_path / "x").exists()
     # a DoubleShared checkpoint into a SingleShared model
-    arch, _ = OFFICIAL_RESNETS["resnet32_s16u1_double_cifar10"]
-    _save_official(tmp_path / "double.pth", _official_resnet(**arch), False, False, monkeypatch)
-    status, _, err = run_cli(
-        "convert",
-        "--family",
-        "shared-bases",
-        "--model",
-        "resnet32_s16u1_cifar10",
-        tmp_path / "double.pth",
-        tmp_path / "x",
-    )
+    official = "resnet32_s16u1_double_cifar10"
+    status, err = _convert_official(run_cli, tmp_path, monkeypatch, official, "resnet32_s16u1_cifar10")
     assert status == 2 and "missing keys (first: 'shared_basis_1.weight')" in err
     assert "unexpected keys (first: 'shared_basis_1_1.weight')" in err
 
