@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .layers import BinaryConv2d
+from .layers import BinaryConv2d, SharedBasisConv2d
 from .registry import create_model, get_model_cfg
 
 
@@ -57,6 +57,13 @@ def _pt_conv(m, inp, out):
     return per_position * positions + (out.numel() if m.bias is not None else 0)
 
 
+def _pt_shared_basis(m, inp, out):
+    # As the unique and the shared nn.Conv2d that the official code runs side by side (no bias).
+    per_position = math.prod(m.kernel_size) * m.in_channels
+    per_position *= m.unique_rank // m.groups + m.shared.out_channels // m.shared.groups
+    return per_position * out.shape[0] * math.prod(out.shape[2:])
+
+
 def _pt_bn(m, inp, out):
     return inp[0].numel() * (2 if m.affine else 1)
 
@@ -64,6 +71,10 @@ def _pt_bn(m, inp, out):
 def _pt_linear(m, inp, out):
     rows = inp[0].numel() // inp[0].shape[-1]
     return (inp[0].shape[-1] * out.shape[-1] + (out.shape[-1] if m.bias is not None else 0)) * rows
+
+
+def _pt_linear_without_bias(m, inp, out):  # ptflops up to 0.6.3 (2020) left out Linear biases
+    return inp[0].numel() * out.shape[-1]
 
 
 def _pt_elements_out(m, inp, out):
@@ -88,18 +99,19 @@ _PTFLOPS_HOOKS: dict[type, Callable] = {
     **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _pt_bn),
     nn.Linear: _pt_linear,
     nn.Upsample: _pt_elements_out,
+    SharedBasisConv2d: _pt_shared_basis,
 }  # fmt: skip
 
 
-def ptflops_macs(model: nn.Module, x: torch.Tensor) -> int:
+def ptflops_macs(model: nn.Module, x: torch.Tensor, hooks: dict[type, Callable] = _PTFLOPS_HOOKS) -> int:
     """MACs as ``ptflops.get_model_complexity_info`` (0.5.2 - 0.6.x) reports them at batch 1."""
     total = 0
 
     def hook(module, inp, out):
         nonlocal total
-        total += _PTFLOPS_HOOKS[type(module)](module, inp, out)
+        total += hooks[type(module)](module, inp, out)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in _PTFLOPS_HOOKS]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in hooks]
     try:
         with torch.no_grad():
             model(x)
@@ -124,6 +136,11 @@ CONVENTIONS: dict[str, Convention] = {
         "ptflops 0.5.2-0.6.x hooks: exact-type nn.Conv (+bias), BN 2/elem, ReLU, pooling, Linear; "
         "nn.Conv2d subclasses (binary convs) and functional calls count 0",
         ptflops_macs,
+    ),
+    "ptflops_x2": Convention(
+        "2 x ptflops 0.6.2 MACs (Net_RL2's README 'FLOPs'): the ptflops convention without Linear biases; "
+        "a shared basis counts at every call, its parameters once",
+        lambda model, x: 2 * ptflops_macs(model, x, {**_PTFLOPS_HOOKS, nn.Linear: _pt_linear_without_bias}),
     ),
 }
 
@@ -186,6 +203,7 @@ class Profile:
     published_macs: str | None = None
     published_top1: float | None = None
     source: str = ""
+    notes: str = ""  # about the published figures (errata, labels)
     per_module_macs: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -245,6 +263,7 @@ def profile_model(name: str, convention: str | None = None, **model_kwargs) -> P
         published_macs=reference.get("macs") if same_convention else None,
         published_top1=reference.get("top1"),
         source=reference.get("source", ""),
+        notes=reference.get("notes", ""),
         per_module_macs=per_module,
     )
 
@@ -291,6 +310,7 @@ def format_table(profiles: list[Profile]) -> str:
     lines.append("")
     lines.append("MACs at batch 1 and the model's input size. FP/binary MACs: FlopCounterMode FLOPs / 2.")
     lines += [f"convention {c}: {CONVENTIONS[c].description}" for c in used]
+    lines += [f"note {p.model}: {p.notes}" for p in profiles if p.notes]
     return "\n".join(lines)
 
 
