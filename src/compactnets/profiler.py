@@ -46,7 +46,7 @@ def flop_counter_macs(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str,
     return counter.get_total_flops() // 2, per_module
 
 
-# --- ptflops (0.5.2 - 0.6.x, module-hook backend) -------------------------------------------------------
+# --- ptflops (0.5.2 - 0.6.3, module-hook backend) -------------------------------------------------------
 # ptflops looks each module up by its exact type: subclasses such as BinaryConv2d count 0, and functional
 # calls are invisible. A module used several times counts once per call.
 
@@ -68,12 +68,7 @@ def _pt_bn(m, inp, out):
     return inp[0].numel() * (2 if m.affine else 1)
 
 
-def _pt_linear(m, inp, out):
-    rows = inp[0].numel() // inp[0].shape[-1]
-    return (inp[0].shape[-1] * out.shape[-1] + (out.shape[-1] if m.bias is not None else 0)) * rows
-
-
-def _pt_linear_without_bias(m, inp, out):  # ptflops up to 0.6.3 (2020) left out Linear biases
+def _pt_linear(m, inp, out):  # up to 0.6.3 (2020) ptflops left out Linear biases
     return inp[0].numel() * out.shape[-1]
 
 
@@ -103,15 +98,15 @@ _PTFLOPS_HOOKS: dict[type, Callable] = {
 }  # fmt: skip
 
 
-def ptflops_macs(model: nn.Module, x: torch.Tensor, hooks: dict[type, Callable] = _PTFLOPS_HOOKS) -> int:
-    """MACs as ``ptflops.get_model_complexity_info`` (0.5.2 - 0.6.x) reports them at batch 1."""
+def ptflops_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """MACs as ``ptflops.get_model_complexity_info`` (0.5.2 - 0.6.3) reports them at batch 1."""
     total = 0
 
     def hook(module, inp, out):
         nonlocal total
-        total += hooks[type(module)](module, inp, out)
+        total += _PTFLOPS_HOOKS[type(module)](module, inp, out)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in hooks]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in _PTFLOPS_HOOKS]
     try:
         with torch.no_grad():
             model(x)
@@ -133,14 +128,14 @@ CONVENTIONS: dict[str, Convention] = {
         lambda model, x: flop_counter_macs(model, x)[0],
     ),
     "ptflops": Convention(
-        "ptflops 0.5.2-0.6.x hooks: exact-type nn.Conv (+bias), BN 2/elem, ReLU, pooling, Linear; "
+        "ptflops 0.5.2-0.6.3 hooks: exact-type nn.Conv (+bias), BN 2/elem, ReLU, pooling, Linear (no bias); "
         "nn.Conv2d subclasses (binary convs) and functional calls count 0",
         ptflops_macs,
     ),
     "ptflops_x2": Convention(
-        "2 x ptflops 0.6.2 MACs (Net_RL2's README 'FLOPs'): the ptflops convention without Linear biases; "
-        "a shared basis counts at every call, its parameters once",
-        lambda model, x: 2 * ptflops_macs(model, x, {**_PTFLOPS_HOOKS, nn.Linear: _pt_linear_without_bias}),
+        "2 x ptflops MACs (Net_RL2's README 'FLOPs', ptflops 0.6.2): a shared basis counts at every call, "
+        "its parameters once",
+        lambda model, x: 2 * ptflops_macs(model, x),
     ),
 }
 
