@@ -89,6 +89,15 @@ def test_convert_official_mcts_checkpoint(run_cli, tmp_path):
     model = compactnets.create_model("nin_gc_xnornet", pretrained=dst).eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), reference(x))
+    # constructor arguments: recorded in the converted checkpoint, so eval rebuilds the same model
+    narrow = compactnets.create_model("nin", channels=[8] * 8)
+    torch.save({"model_state_dict": narrow.state_dict()}, src.with_name("narrow.pth"))
+    kwargs = ("--model-kwargs", "channels=[8,8,8,8,8,8,8,8]")  # after the files: it takes several values
+    assert (
+        run_cli("convert", "--family", "xnor-net", "--model", "nin", src.with_name("narrow.pth"), dst, *kwargs)[0] == 0
+    )
+    status, out, _ = run_cli("eval", "--checkpoint", dst, "--limit", "20", "--json")
+    assert status == 0 and json.loads(out)["param_count"] == sum(p.numel() for p in narrow.parameters())
     # a checkpoint of another architecture is refused, naming the first key that does not fit
     status, _, err = run_cli("convert", "--family", "xnor-net", "--model", "nin_xnornet", src, dst)
     assert status == 2 and "does not fit nin_xnornet: 'sequential.0.conv.weight' has shape (256, 3, 5, 5)" in err

@@ -155,8 +155,9 @@ def _list(args, parser, argv):
 
 def _convert(args, parser, argv):
     from .convert import convert_checkpoint
+    from .registry import parse_model_kwargs
 
-    result = convert_checkpoint(args.family, args.model, args.src, args.dst)
+    result = convert_checkpoint(args.family, args.model, args.src, args.dst, parse_model_kwargs(args.model_kwargs))
     print(f"converted {args.src} -> {result['output']} ({args.model}, {result['tensors']} tensors)")
 
 
@@ -223,6 +224,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p = command("convert", "convert an official checkpoint into a compactnets checkpoint", _convert)
     p.add_argument("--family", required=True, choices=list_families())
     p.add_argument("--model", required=True, help="model name of that family")
+    p.add_argument("--model-kwargs", nargs="+", default=[], metavar="KEY=VALUE", help="constructor arguments")
     p.add_argument("src", help="official checkpoint file")
     p.add_argument("dst", help="compactnets checkpoint to write")
     return parser, subs

@@ -16,9 +16,11 @@ from .data import class_names
 from .registry import create_model, get_converter, get_model_cfg, model_family
 
 
-def convert_checkpoint(family: str, model_name: str, src: str | Path, dst: str | Path) -> dict:
-    """Read ``src`` (an official checkpoint of ``family``), load it strictly into ``model_name`` and write a
-    compactnets checkpoint to ``dst`` that ``eval``/``predict``/``create_model(pretrained=...)`` take."""
+def convert_checkpoint(
+    family: str, model_name: str, src: str | Path, dst: str | Path, model_kwargs: dict | None = None
+) -> dict:
+    """Read ``src`` (an official checkpoint of ``family``), load it strictly into ``model_name`` (built with
+    ``model_kwargs``) and write a compactnets checkpoint to ``dst`` that ``eval``/``predict`` take."""
     converter = get_converter(family)
     if model_family(model_name) != family:
         raise CheckpointError(f"model {model_name!r} belongs to family {model_family(model_name)!r}, not {family!r}")
@@ -28,7 +30,8 @@ def convert_checkpoint(family: str, model_name: str, src: str | Path, dst: str |
     cfg = get_model_cfg(model_name)
     classifier = state_dict.get(cfg["classifier"] + ".weight") if cfg["classifier"] else None
     num_classes = classifier.shape[0] if classifier is not None else None
-    model = create_model(model_name, num_classes=num_classes)
+    model_kwargs = model_kwargs or {}
+    model = create_model(model_name, num_classes=num_classes, **model_kwargs)
     state_dict = converter.filter_fn(state_dict, model)
     load_state_dict_checked(model, state_dict, what=f"official checkpoint {src}")
     if converter.cfg_overrides:
@@ -37,6 +40,7 @@ def convert_checkpoint(family: str, model_name: str, src: str | Path, dst: str |
     checkpoint = {
         "version": CHECKPOINT_VERSION,
         "arch": model_name,
+        "model_kwargs": model_kwargs,
         "state_dict": model.state_dict(),
         "pretrained_cfg": model.pretrained_cfg,
         "class_names": list(names) if names and len(names) == model.num_classes else None,

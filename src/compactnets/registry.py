@@ -7,6 +7,7 @@ name is the model name. Official-checkpoint converters register per family with 
 
 from __future__ import annotations
 
+import ast
 import copy
 import difflib
 import fnmatch
@@ -84,6 +85,20 @@ class Converter:
 
 _models: dict[str, _Entry] = {}
 _converters: dict[str, Converter] = {}
+
+
+def parse_model_kwargs(items: list[str]) -> dict:
+    """``["channels=[48, 40]", "binary=True"]`` -> dict, values read as Python literals (else strings)."""
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ModelArgumentError(f"--model-kwargs takes KEY=VALUE items, got {item!r}")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return kwargs
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

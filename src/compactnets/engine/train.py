@@ -16,7 +16,6 @@ Under ``torchrun`` the loop runs data-parallel (DDP).
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import json
 import os
@@ -39,7 +38,7 @@ from ..checkpoint import CHECKPOINT_VERSION, load_file, load_state_dict_checked,
 from ..data import build_dataset, detect_kind, train_transform
 from ..data.datasets import KINDS
 from ..data.transforms import AUGMENTATIONS
-from ..registry import ModelArgumentError, create_model, get_model_cfg
+from ..registry import create_model, get_model_cfg, parse_model_kwargs
 from .distributed import init_distributed, resolve_device
 from .evaluate import build_eval_loader, default_workers, evaluate, limit_dataset
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
@@ -104,20 +103,6 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(phases=None)  # set by a recipe's [[phases]] tables only
     return parser
-
-
-def parse_model_kwargs(items: list[str]) -> dict:
-    """``["channels=[48, 40]", "binary=True"]`` -> dict, values read as Python literals (else strings)."""
-    kwargs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ModelArgumentError(f"--model-kwargs takes KEY=VALUE items, got {item!r}")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
-    return kwargs
 
 
 @dataclass(frozen=True)
