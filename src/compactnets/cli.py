@@ -40,7 +40,10 @@ def _train(args, parser, argv):
             "--epochs cannot change it (edit the phases in a copy of the recipe)"
         )
     args.output = args.output or default_output(args.model)
-    main(args)
+    try:
+        main(args)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"resume with `compactnets train --resume {args.output}`") from None
 
 
 def _eval(args, parser, argv):
@@ -241,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
-    except KeyboardInterrupt:
-        hint = " (resume with `compactnets train --resume <run folder>`)" if args.command == "train" else ""
-        print(f"\ninterrupted{hint}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 130
     return 0
