@@ -1,5 +1,5 @@
 """Model families; importing this package registers every model."""
 
-from . import nin
+from . import nin, shufflenetv2
 
-__all__ = ["nin"]
+__all__ = ["nin", "shufflenetv2"]
