@@ -297,7 +297,10 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ShuffleNetV
         if value.ndim == 5:
             value = value.reshape(value.shape[0] * value.shape[1], *value.shape[2:])
         elif (
-            key in own and own[key].ndim == 1 and value.ndim == 4 and value.shape[0] == 1 and value.shape[2:] == (1, 1)
+            key in own
+            and own[key].ndim == 1
+            and value.ndim == 4
+            and value.shape[0] == value.shape[2] == value.shape[3] == 1
         ):
             value = value.reshape(-1)
         out[key] = value
@@ -354,32 +357,28 @@ def _weightnet_cfg(params: str, macs: str, top1_err: float, notes: str, weights:
     return _cfg(True, reference=reference, source="megvii-model/WeightNet @669b5f4", notes=notes + weights)
 
 
+def _megengine_cfg(width: str, params: str, macs: str, top1: float, top5: float, paper_err: float) -> dict:
+    reference = dict(
+        params=params,
+        macs=macs,
+        macs_convention="flop_counter",
+        top1=top1,
+        top5=top5,
+        source="top-1/5: MegEngine/Models shufflenet README @78882f9 (its hub weights); params/MACs: "
+        "megvii-model/ShuffleNet-Series ShuffleNetV2/README.md @0127af0",
+        notes=f"standard widths, no biases; ShuffleNet-Series reports top-1 err {paper_err} for its own run",
+    )
+    notes = f"official weights: {_MEGENGINE_URLS[width]} (compactnets convert --family weightnet)"
+    return _cfg(False, reference=reference, source="MegEngine/Models @78882f9 shufflenet/model.py", notes=notes)
+
+
 _BASELINE_NOTE = "ShuffleNetV2 at the WeightNet repository's widths with biases; no released weights"
 _COUNT_NOTE = "MACs: every conv and linear layer at 224, the weight generators reduce/wn_fc1/wn_fc2 included"
 default_cfgs = {
-    **{
-        f"shufflenet_v2_x{w.replace('.', '_')[:-1]}": _cfg(
-            False,
-            reference=dict(
-                params=params,
-                macs=macs,
-                macs_convention="flop_counter",
-                top1=top1,
-                top5=top5,
-                source="top-1/5: MegEngine/Models shufflenet README @78882f9 (its hub weights); params/MACs: "
-                "megvii-model/ShuffleNet-Series ShuffleNetV2/README.md @0127af0",
-                notes=f"standard widths, no biases; ShuffleNet-Series reports top-1 err {err} for its own PyTorch run",
-            ),
-            source="MegEngine/Models @78882f9 official/vision/classification/shufflenet",
-            notes=f"official weights: {_MEGENGINE_URLS[w]} (compactnets convert --family weightnet)",
-        )
-        for w, params, macs, top1, top5, err in (
-            ("0.5x", "1.4M", "41M", 60.696, 82.190, 38.9),
-            ("1.0x", "2.3M", "146M", 69.372, 88.764, 30.6),
-            ("1.5x", "3.5M", "299M", 72.806, 90.792, 27.4),
-            ("2.0x", "7.4M", "591M", 75.074, 92.278, 25.0),
-        )
-    },
+    "shufflenet_v2_x0_5": _megengine_cfg("0.5x", "1.4M", "41M", 60.696, 82.190, 38.9),
+    "shufflenet_v2_x1_0": _megengine_cfg("1.0x", "2.3M", "146M", 69.372, 88.764, 30.6),
+    "shufflenet_v2_x1_5": _megengine_cfg("1.5x", "3.5M", "299M", 72.806, 90.792, 27.4),
+    "shufflenet_v2_x2_0": _megengine_cfg("2.0x", "7.4M", "591M", 75.074, 92.278, 25.0),
     "shufflenet_v2_x0_5_wnbase": _weightnet_cfg(
         "1.4M", "41M", 39.7, _BASELINE_NOTE + "; 40.48M MACs print as 40M: 41M is the ShuffleNetV2 paper's figure"
     ),
@@ -400,7 +399,7 @@ default_cfgs = {
         "562M",
         24.1,
         "M=2, G=2 (released code and weights: 6,198,068 params / 561,367,920 MACs, printed 6.2M / 561M); "
-        "the README row (6.1M / 562M) matches no configuration of the released code",
+        "no (M, G) gives the README row (6.1M / 562M): M=1, G=1 gives 6.0M / 561M, M=4, G=4 6.7M / 562M",
         _WEIGHTNET_URL.format("2.0x"),
     ),
     "shufflenet_v2_x0_5_wn8x": _weightnet_cfg(
@@ -424,6 +423,7 @@ default_cfgs = {
 
 def _create(width: str, *, wn_widths: bool, weightnet: bool = False, **kwargs) -> ShuffleNetV2:
     widths = WEIGHTNET_WIDTHS[width] if wn_widths else STANDARD_WIDTHS[width]
+    # The WeightNet repository's models have biases on the stem, conv_last and classifier; MegEngine/Models' none.
     defaults = dict(widths=widths, weightnet=weightnet, bias=wn_widths, drop_rate=DROP_RATE[width])
     return ShuffleNetV2(**{**defaults, **kwargs})
 
