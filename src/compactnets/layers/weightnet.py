@@ -106,7 +106,22 @@ class GroupedFC(nn.Conv2d):
         return y.transpose(0, 1).reshape(n, self.out_channels, 1, 1)
 
 
-class WeightNet(nn.Module):
+class _KernelGenerator(nn.Module):
+    """``wn_fc2(sigmoid(wn_fc1(x_gap)))``: per-sample kernels (flattened) from the block's gate input."""
+
+    def __init__(self, gate_chs: int, gates: int, kernel_numel: int, groups: int, impl: str):
+        super().__init__()
+        _check_impl(impl)
+        self.impl = impl
+        self.wn_fc1 = nn.Conv2d(gate_chs, gates, 1)
+        self.sigmoid = nn.Sigmoid()
+        self.wn_fc2 = GroupedFC(gates, kernel_numel, groups)
+
+    def kernels(self, x_gap: torch.Tensor) -> torch.Tensor:
+        return self.wn_fc2(self.sigmoid(self.wn_fc1(x_gap)))
+
+
+class WeightNet(_KernelGenerator):
     """A dense convolution whose kernel ``wn_fc2(sigmoid(wn_fc1(x_gap)))`` is generated for each sample.
 
     Args:
@@ -128,28 +143,23 @@ class WeightNet(nn.Module):
         G: int = 2,
         impl: str = "grouped",
     ):
-        super().__init__()
-        _check_impl(impl)
         if M % G or (in_chs * kernel_size**2) % G:
             raise ValueError(
                 f"WeightNet needs G ({G}) to divide M ({M}) and in_chs * k * k ({in_chs * kernel_size**2})"
             )
+        super().__init__(gate_chs, M * out_chs, out_chs * in_chs * kernel_size**2, G * out_chs, impl)
         self.in_chs, self.out_chs, self.kernel_size, self.stride = in_chs, out_chs, kernel_size, stride
-        self.impl = impl
-        self.wn_fc1 = nn.Conv2d(gate_chs, M * out_chs, 1)
-        self.sigmoid = nn.Sigmoid()
-        self.wn_fc2 = GroupedFC(M * out_chs, out_chs * in_chs * kernel_size**2, groups=G * out_chs)
 
     def forward(self, x: torch.Tensor, x_gap: torch.Tensor) -> torch.Tensor:
         k = self.kernel_size
-        weight = self.wn_fc2(self.sigmoid(self.wn_fc1(x_gap))).reshape(-1, self.out_chs, self.in_chs, k, k)
+        weight = self.kernels(x_gap).reshape(-1, self.out_chs, self.in_chs, k, k)
         return per_sample_conv2d(x, weight, self.stride, k // 2, self.impl)
 
     def extra_repr(self) -> str:
         return f"{self.in_chs}, {self.out_chs}, kernel_size={self.kernel_size}, stride={self.stride}, impl={self.impl}"
 
 
-class WeightNetDW(nn.Module):
+class WeightNetDW(_KernelGenerator):
     """A depthwise convolution whose kernel is generated for each sample (official ``WeightNet_DW``).
 
     ``wn_fc1`` has ``M/G * chs`` outputs and ``wn_fc2`` one group per channel, so only the ratio M/G matters.
@@ -165,19 +175,14 @@ class WeightNetDW(nn.Module):
         G: int = 2,
         impl: str = "grouped",
     ):
-        super().__init__()
-        _check_impl(impl)
         if M % G:
             raise ValueError(f"WeightNetDW needs G ({G}) to divide M ({M})")
+        super().__init__(gate_chs, M // G * chs, chs * kernel_size**2, chs, impl)
         self.chs, self.kernel_size, self.stride = chs, kernel_size, stride
-        self.impl = impl
-        self.wn_fc1 = nn.Conv2d(gate_chs, M // G * chs, 1)
-        self.sigmoid = nn.Sigmoid()
-        self.wn_fc2 = GroupedFC(M // G * chs, chs * kernel_size**2, groups=chs)
 
     def forward(self, x: torch.Tensor, x_gap: torch.Tensor) -> torch.Tensor:
         k = self.kernel_size
-        weight = self.wn_fc2(self.sigmoid(self.wn_fc1(x_gap))).reshape(-1, self.chs, k, k)
+        weight = self.kernels(x_gap).reshape(-1, self.chs, k, k)
         return per_sample_depthwise_conv2d(x, weight, self.stride, k // 2, self.impl)
 
     def extra_repr(self) -> str:
@@ -189,6 +194,6 @@ def set_per_sample_impl(module: nn.Module, impl: str) -> nn.Module:
     dynamic batch); the weights are unchanged. Returns ``module``."""
     _check_impl(impl)
     for m in module.modules():
-        if isinstance(m, (WeightNet, WeightNetDW)):
+        if isinstance(m, _KernelGenerator):
             m.impl = impl
     return module
