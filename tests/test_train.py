@@ -265,3 +265,23 @@ def test_mixed_precision_and_clipping_train(run_cli, tmp_path, amp):
     assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt["state_dict"].values())  # fp32 master weights
     assert (ckpt["scaler"] is not None) == (amp == "fp16")  # a GradScaler only for fp16, saved for --resume
     assert math.isfinite(float(_read_log(out)[0]["train_loss"]))
+
+
+def test_steps_fix_the_run_length_and_the_schedule(run_cli, tmp_path):
+    """--steps 5 at 2 iterations per epoch: 3 epochs, the last cut after one iteration; lr linear over 5 steps."""
+    out = tmp_path / "run"
+    status, stdout, _ = run_cli("train", *TINY, "--train-limit", "100", "--batch-size", "50", "--steps", "5",
+                                "--sched", "linear", "--lr", "0.1", "--eval-every", "0", "--output", out,
+                                "--no-progress")  # fmt: skip
+    assert status == 0 and "3 epochs x 2 iterations" in stdout
+    assert [float(r["lr"]) for r in _read_log(out)] == pytest.approx([0.1, 0.06, 0.02])  # 1 - step / 5
+    ckpt = load_file(out / "last.pth")
+    assert ckpt["scheduler"]["last_epoch"] == 5 and ckpt["epoch"] == 3 and ckpt["args"]["epochs"] == 3
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0)  # the schedule ended with the run
+
+    status, _, err = run_cli("train", "--steps", "0", "--output", tmp_path / "zero")
+    assert status == 2 and "--steps must be a positive number of iterations, not 0" in err
+    recipe = tmp_path / "phased.toml"
+    recipe.write_text(PHASED)
+    status, _, err = run_cli("train", "--recipe", recipe, "--steps", "10", "--output", tmp_path / "phased")
+    assert status == 2 and "--steps cannot be combined with [[phases]]" in err

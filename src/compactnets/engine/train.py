@@ -8,6 +8,9 @@ recipes (``--recipe``) set the published runs. Every epoch writes to the output 
 * ``last.pth`` and ``best.pth``: model, optimizer, scheduler, AMP scaler, RNG states, epoch and best metric,
   each written to a temporary file and renamed, so ``--resume`` continues exactly where a run stopped.
 
+``--steps N`` fixes the run length in iterations instead (step-based recipes such as WeightNet's 300,000): the
+schedule spans exactly N iterations and training stops after the N-th, in the middle of an epoch if need be.
+
 A model may define ``auxiliary_loss()`` (a scalar tensor, e.g. a regulariser on its weights); times
 ``--aux-loss-weight`` it is added to the task loss at every iteration, and its unweighted value is logged.
 Under ``torchrun`` the loop runs data-parallel (DDP).
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import random
 import time
@@ -42,6 +46,7 @@ from ..registry import create_model, get_model_cfg, parse_model_kwargs
 from .distributed import init_distributed, resolve_device
 from .evaluate import build_eval_loader, default_workers, evaluate, limit_dataset
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
+from .recipes import RecipeError
 
 DEFAULT_MODEL = "nin"
 LOG_FIELDS = (
@@ -70,6 +75,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, help="data-loading processes (default: 0 in memory, else up to 4)")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=3)
+    g.add_argument(
+        "--steps", type=int, help="total iterations instead of --epochs: the schedule spans them, training stops after"
+    )
     g.add_argument("--batch-size", type=int, default=100, help="per process")
     g.add_argument("--eval-batch-size", type=int, help="default: --batch-size")
     g.add_argument("--opt", choices=OPTIMIZERS, default="sgd")
@@ -187,6 +195,8 @@ def train_one_epoch(model, optimizer, scheduler, loader, device, args, scaler, a
     auxiliary_loss = getattr(_unwrap(model), "auxiliary_loss", None)
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, correct, count, aux sum
     for step, (images, targets) in enumerate(progress(loader)):
+        if args.steps and scheduler.last_epoch >= args.steps:  # the scheduler counts the run's iterations
+            break
         images = images.to(device, non_blocking=True)
         if args.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -286,6 +296,10 @@ def _fmt(v, spec=".3f"):
 
 def main(args: argparse.Namespace) -> dict:
     """Train as ``args`` say; return the final and best metrics."""
+    if args.steps is not None and args.steps < 1:
+        raise RecipeError(f"--steps must be a positive number of iterations, not {args.steps}")
+    if args.phases and (args.steps or any("steps" in p for p in args.phases)):
+        raise RecipeError("--steps cannot be combined with [[phases]] (each phase counts epochs)")
     device = resolve_device(args.device)
     dist_info, device = init_distributed(device)
     log = print if dist_info.is_main else (lambda *a, **k: None)
@@ -325,6 +339,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     iters_per_epoch = len(train_loader)
+    if args.steps:
+        args.epochs = math.ceil(args.steps / iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
@@ -370,7 +386,13 @@ def main(args: argparse.Namespace) -> dict:
                 load_state_dict_checked(_unwrap(model), best_ckpt["state_dict"], what=f"checkpoint {out}/best.pth")
                 log(f"  restarting from best.pth (epoch {best_ckpt['epoch']}) with a fresh {phase.args.opt} optimizer")
         optimizer = create_optimizer(_unwrap(model), phase.args)
-        scheduler = create_scheduler(optimizer, phase.args, iters_per_epoch)
+        # With --steps the schedule spans steps / iters_per_epoch (fractional) epochs: exactly the steps.
+        schedule_args = (
+            argparse.Namespace(**{**vars(phase.args), "epochs": args.steps / iters_per_epoch})
+            if args.steps
+            else phase.args
+        )
+        scheduler = create_scheduler(optimizer, schedule_args, iters_per_epoch)
         if resumed_inside:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])

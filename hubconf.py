@@ -1,0 +1,49 @@
+"""torch.hub entry points: one per compactnets model (``compactnets list`` shows them).
+
+Like MegEngine's ``megengine.hub.load("megengine/models", "shufflenet_v2_x1_0", pretrained=True)``::
+
+    import torch
+    # random weights
+    model = torch.hub.load("/path/to/compactnets", "shufflenet_v2_x1_0", source="local")
+    # weights from a checkpoint written by `compactnets convert` (or `compactnets train`)
+    model = torch.hub.load("/path/to/compactnets", "shufflenet_v2_x1_0_wn1x", source="local",
+                           pretrained="snetv2_1.0x_wnet1x_M2G2.pth")
+
+compactnets bundles no weights and downloads nothing: ``pretrained=True`` raises an error that names the
+official weight file and the ``compactnets convert`` command that turns it into a checkpoint.
+"""
+
+import sys as _sys
+from pathlib import Path as _Path
+
+dependencies = ["torch"]
+
+_SRC = str(_Path(__file__).resolve().parent / "src")
+if _SRC not in _sys.path:
+    _sys.path.insert(0, _SRC)  # this checkout's package, installed or not
+
+import compactnets as _compactnets  # noqa: E402
+
+
+def _entrypoint(name: str):
+    cfg = _compactnets.get_model_cfg(name)
+    family = _compactnets.registry.model_family(name)
+
+    def entrypoint(pretrained=False, **kwargs):
+        if pretrained is True and not cfg["file"]:
+            raise ValueError(
+                f"compactnets bundles no weights for {name!r}: convert an official checkpoint with `compactnets "
+                f"convert --family {family} --model {name} <official file> {name}.pth` (or train one) and pass "
+                f"pretrained='{name}.pth'. Model notes: {cfg['notes'] or '-'}"
+            )
+        return _compactnets.create_model(name, pretrained=pretrained, **kwargs)
+
+    reference = cfg["reference"]
+    published = ", ".join(f"{k} {reference[k]}" for k in ("params", "macs", "top1") if k in reference)
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = f"compactnets model {name!r}" + (f" (published: {published})" if published else "")
+    return entrypoint
+
+
+for _name in _compactnets.list_models():
+    globals()[_name] = _entrypoint(_name)
