@@ -1,5 +1,5 @@
 """Model families; importing this package registers every model."""
 
-from . import nin
+from . import micronet, nin
 
-__all__ = ["nin"]
+__all__ = ["micronet", "nin"]
