@@ -103,6 +103,10 @@ MICRONET_ARCHS = {
     "m3": dict(stem_chs=12, stem_groups=(4, 3), head_chs=1024, drop_rate=0.1, init_a=(1.0, 0.5), init_b=(0.0, 0.5)),
 }
 # fmt: on
+# Not from the paper: M0 for 32x32 inputs (CIFAR), the stem and the first block at stride 1 (output stride 8,
+# 4x4 final maps instead of 1x1); everything else as M0.
+MICRONET_ROWS["m0_cifar"] = ((1, *MICRONET_ROWS["m0"][0][1:]), *MICRONET_ROWS["m0"][1:])
+MICRONET_ARCHS["m0_cifar"] = dict(MICRONET_ARCHS["m0"], stem_stride=1)
 # Common options of every script: REDUCTION 8, ACT_MAX 2.0, INIT_A_BLOCK3 1.0,0.0 (the shift-max after the
 # second pointwise conv starts as the identity, a = (1, 0), b = (0, 0)).
 REDUCTION = 8
@@ -113,12 +117,12 @@ INIT_LAST = ((1.0, 0.0), (0.0, 0.0))
 class Stem(nn.Module):
     """``stem`` = [spatially separable conv (3 -> a -> a*b, stride 2) + shuffle(a), ReLU6 or MaxGroupPooling(2)]."""
 
-    def __init__(self, in_chans: int, out_chs: int, groups: tuple[int, int]):
+    def __init__(self, in_chans: int, out_chs: int, groups: tuple[int, int], stride: int = 2):
         super().__init__()
         a, b = groups
         pool = a * b == 2 * out_chs  # the official rule; every released model has a * b == out_chs: ReLU6
         self.stem = nn.Sequential(
-            SpatialSeparableConv(in_chans, a, a * b, 3, 2, groups=1, shuffle_groups=a),
+            SpatialSeparableConv(in_chans, a, a * b, 3, stride, groups=1, shuffle_groups=a),
             MaxGroupPooling(2) if pool else nn.ReLU6(inplace=True),
         )
 
@@ -296,14 +300,15 @@ class MicroNet(nn.Module):
         init_a: Sequence[float],
         init_b: Sequence[float],
         drop_rate: float,
+        stem_stride: int = 2,
         num_classes: int = 1000,
         in_chans: int = 3,
         global_pool: str = "avg",
     ):
         super().__init__()
-        layers: list[nn.Module] = [Stem(in_chans, stem_chs, stem_groups)]
+        layers: list[nn.Module] = [Stem(in_chans, stem_chs, stem_groups, stem_stride)]
         self.feature_info = []
-        channels, reduction = stem_chs, 2
+        channels, reduction = stem_chs, stem_stride
         for s, n, c, ks, c1, c2, g1, g2, _, g3, g4, y1, y2, y3, r in rows:
             for repeat in range(n):
                 stride = s if repeat == 0 else 1
@@ -496,7 +501,23 @@ default_cfgs = {
         reference=_ref("2.4M", "12M", 59.4, "12.74M MAdds by the convention (13M): the README's 12M is the label")
     ),
     "micronet_m3": _cfg(reference=_ref("2.6M", "21M", 62.5)),
+    "micronet_m0_cifar": _cfg(
+        dataset="cifar10",
+        num_classes=10,
+        input_size=(3, 32, 32),
+        crop_pct=1.0,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        reference=dict(macs_convention="micronet"),
+        notes="not from the paper: M0 with the stem and first block at stride 1 for 32x32 inputs",
+    ),
 }
+
+
+@register_model
+def micronet_m0_cifar(**kwargs) -> MicroNet:
+    """MicroNet-M0 adapted to 32x32 inputs (stem and first block at stride 1; not from the paper)."""
+    return _create("m0_cifar", **{"num_classes": 10, **kwargs})
 
 
 @register_model
