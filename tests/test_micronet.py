@@ -151,43 +151,38 @@ def official_state_dict(variant: str, seed: int = 0) -> dict[str, torch.Tensor]:
         linear(key + ".fc.0", channels, squeeze)
         linear(key + ".fc.2", squeeze, 2 * branches * channels)
 
+    def conv_bn(key, out_chs, in_per_group, kh=1, kw=1, slot=0):  # conv.{slot}, BN at conv.{slot + 1}
+        conv(f"{key}.conv.{slot}", out_chs, in_per_group, kh, kw)
+        bn(f"{key}.conv.{slot + 1}", out_chs)
+
+    def separable(key, in_per_group, mid, out, k):  # (k, 1) conv, BN, (1, k) depthwise conv, BN
+        conv_bn(key, mid, in_per_group, k, 1)
+        conv_bn(key, out, 1, 1, k, slot=2)
+
     a, b = arch["stem_groups"]
-    conv("features.0.stem.0.conv.0", a, 3, 3, 1)
-    bn("features.0.stem.0.conv.1", a)
-    conv("features.0.stem.0.conv.2", a * b, 1, 1, 3)
-    bn("features.0.stem.0.conv.3", a * b)
+    separable("features.0.stem.0", 3, a, a * b, 3)
     inp = arch["stem_chs"]
     for index, (_, _, c, k, c1, c2, g1, _g2, _, g3, g4, y1, y2, y3, r) in enumerate(MICRONET_ROWS[variant], 1):
         layers, red, hidden = f"features.{index}.layers", 8 * r, inp * c1 * c2
-        if g1 == 0:  # A
-            conv(f"{layers}.0.conv.0", inp * c1, 1, k, 1)
-            bn(f"{layers}.0.conv.1", inp * c1)
-            conv(f"{layers}.0.conv.2", hidden, 1, 1, k)
-            bn(f"{layers}.0.conv.3", hidden)
+        if g1 == 0:  # A: depthwise, [shift-max], shuffles, pointwise, [shift-max]
+            separable(f"{layers}.0", 1, inp * c1, hidden, k)
             if y2:
                 shift_max(f"{layers}.1", hidden, y2, red)
-            conv(f"{layers}.4.conv.0", c, hidden // g3, 1, 1)
-            bn(f"{layers}.4.conv.1", c)
+            conv_bn(f"{layers}.4", c, hidden // g3)
             if y3:
                 shift_max(f"{layers}.5", c, 1, red // 2)
-        elif g4 == 0:  # B
-            conv(f"{layers}.0.conv.0", hidden, inp // g1, 1, 1)
-            bn(f"{layers}.0.conv.1", hidden)
+        elif g4 == 0:  # B: pointwise, [shift-max]
+            conv_bn(f"{layers}.0", hidden, inp // g1)
             if y3:
                 shift_max(f"{layers}.1", hidden, 1, red)
-        else:  # C
-            conv(f"{layers}.0.conv.0", hidden, inp // g1, 1, 1)
-            bn(f"{layers}.0.conv.1", hidden)
+        else:  # C: pointwise, [shift-max], shuffle, depthwise, -, [shift-max], shuffle, pointwise, [shift-max]
+            conv_bn(f"{layers}.0", hidden, inp // g1)
             if y1:
                 shift_max(f"{layers}.1", hidden, y1, red)
-            conv(f"{layers}.3.conv.0", hidden, 1, k, 1)
-            bn(f"{layers}.3.conv.1", hidden)
-            conv(f"{layers}.3.conv.2", hidden, 1, 1, k)
-            bn(f"{layers}.3.conv.3", hidden)
+            separable(f"{layers}.3", 1, hidden, hidden, k)
             if y2:
                 shift_max(f"{layers}.5", hidden, y2, red)
-            conv(f"{layers}.7.conv.0", c, hidden // g3, 1, 1)
-            bn(f"{layers}.7.conv.1", c)
+            conv_bn(f"{layers}.7", c, hidden // g3)
             if y3:
                 shift_max(f"{layers}.8", c, 1, red // 2 if c < hidden else red)
         inp = c

@@ -168,4 +168,4 @@ class FusedShiftMax(nn.Module):
             return shifted.mul_(coeffs[1]).addcmul_(direct, coeffs[0])
         second = torch.mul(direct, coeffs[2]).addcmul_(shifted, coeffs[3])
         first = shifted.mul_(coeffs[1]).addcmul_(direct, coeffs[0])
-        return torch.maximum(second, first, out=second)
+        return second.clamp_min_(first)  # max(second, first), in place

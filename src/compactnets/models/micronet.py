@@ -20,6 +20,7 @@ a shift-max, grouped 1x1 convs as one batched matmul).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -441,12 +442,15 @@ class FusedMicroNet(nn.Module):
 
     def __init__(self, model: MicroNet):
         super().__init__()
+        device = next(model.parameters()).device
+        if device.type != "cpu":  # channel orders are built on the CPU: fold a CPU copy, then move the result
+            model = copy.deepcopy(model).cpu()
         stem, *blocks = model.features
         self.features = nn.Sequential(stem.fuse(), *(block.fuse() for block in blocks))
         self.head = FusedHead(model)
         self.num_classes, self.num_features = model.num_classes, model.num_features
         self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}))
-        self.eval()
+        self.to(device).eval()
 
     def train(self, mode: bool = True) -> FusedMicroNet:
         if mode:
