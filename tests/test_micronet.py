@@ -309,7 +309,8 @@ def test_profile_reproduces_the_madds_components(run_cli):
     micronet convention (+ shift-max fusion) printed like the README's figure, and the README's figure."""
     status, out, _ = run_cli("profile", "--family", "micronet", "--json")
     rows = {r["model"]: r for r in json.loads(out)}
-    assert status == 0 and set(rows) == {f"micronet_{v}" for v in VARIANTS}
+    assert status == 0 and set(rows) == {f"micronet_{v}" for v in (*VARIANTS, "m0_cifar")}
+    assert (rows["micronet_m0_cifar"]["params"], rows["micronet_m0_cifar"]["convention_macs"]) == (383_020, 1_166_640)
     for variant, (flop_counter, madds, as_published) in MADDS.items():
         row = rows[f"micronet_{variant}"]
         assert (row["macs"], row["convention"], row["convention_macs"]) == (flop_counter, "micronet", madds)
