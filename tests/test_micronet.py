@@ -217,7 +217,7 @@ def test_convert_official_checkpoints_and_refuse_mismatches(run_cli, tmp_path):
     official = official_state_dict("m2", seed=1)
     reference = compactnets.create_model("micronet_m2")
     reference.load_state_dict(official)
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, 96, 96)
     expected = _logits(reference, x)
     layouts = {
         "bare.pth": official,
