@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .layers import BinaryConv2d, SharedBasisConv2d
+from .layers import BinaryConv2d, DynamicShiftMax, SharedBasisConv2d
 from .registry import create_model, get_model_cfg
 
 
@@ -116,6 +116,24 @@ def ptflops_macs(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
+def micronet_madds(model: nn.Module, x: torch.Tensor) -> int:
+    """FlopCounterMode MACs (convs, classifier and shift-max FCs) plus the Dynamic Shift-Max fusion
+    ``max_k(a_k x + b_k x2)``: J * K = 2K multiply-adds per output element (micronet.md section 4)."""
+    fusion = 0
+
+    def hook(module, inp, out):
+        nonlocal fusion
+        fusion += module.fusion_madds(out)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, DynamicShiftMax)]
+    try:
+        macs = flop_counter_macs(model, x)[0]
+    finally:
+        for h in handles:
+            h.remove()
+    return macs + fusion
+
+
 @dataclass(frozen=True)
 class Convention:
     description: str
@@ -136,6 +154,11 @@ CONVENTIONS: dict[str, Convention] = {
         "2 x ptflops MACs (Net_RL2's README 'FLOPs', ptflops 0.6.2): a shared basis counts at every call, "
         "its parameters once",
         lambda model, x: 2 * ptflops_macs(model, x),
+    ),
+    "micronet": Convention(
+        "MicroNet MAdds: convs + classifier FCs + shift-max FCs (FlopCounterMode) + shift-max fusion "
+        "(2K multiply-adds per output element for K branches)",
+        micronet_madds,
     ),
 }
 
