@@ -57,7 +57,9 @@ def _eval(args, parser, argv):
     loader = build_eval_loader(
         model.pretrained_cfg, args.data, args.dataset, args.split, args.batch_size, args.workers, args.limit
     )
-    result = evaluate(model.to(device), loader, device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    result = evaluate(model.to(device), loader, device, channels_last=args.channels_last)
     cfg = model.pretrained_cfg
     row = {
         "model": cfg["architecture"],
@@ -200,6 +202,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--workers", type=int)
     p.add_argument("--limit", type=int, help="evaluate a fixed random subset of this many images")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory format, as training uses by default (a binary net's signs can flip on"
+        " rounding-level differences in summation order; this reproduces the training log's figures)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = command("predict", "top-k classes with probabilities for image files", _predict)

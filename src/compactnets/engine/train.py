@@ -361,7 +361,8 @@ def main(args: argparse.Namespace) -> dict:
     rows = _read_log(out / "log.csv", start_epoch)
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(_plain(vars(args)), indent=2) + "\n")
+        options = {k: v for k, v in vars(args).items() if not callable(v)}
+        (out / "args.json").write_text(json.dumps(_plain(options), indent=2) + "\n")
 
     n_params = sum(p.numel() for p in _unwrap(model).parameters())
     data = f"{kind} {args.data}" if args.data else kind
