@@ -93,7 +93,9 @@ def test_ptflops_library_agrees_when_installed():
      ("41M", 40_476_448, "40M"), ("0.10G", 96_994_560, "0.10G"), (1019590, 1019590, "1,019,590")],
 )  # fmt: skip
 def test_figure_format_mimics_the_published_text(text, value, shown):
-    assert Figure.parse(text).format_like(value) == shown
+    figure = Figure.parse(text)
+    assert figure.format_like(value) == shown
+    assert figure.matches(value) == (shown == figure.text)  # "41M" -> "40M" is a mismatch
 
 
 def test_cli_profile_prints_the_seed_rows(run_cli):
@@ -103,6 +105,7 @@ def test_cli_profile_prints_the_seed_rows(run_cli):
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert line.split("  ")[0].strip() == name
         assert line.count(params) == 2 and line.count(macs) == 2, line  # measured and published
+        assert line.count(" match ") == 2, line
 
 
 def test_cli_profile_json_and_layers(run_cli):

@@ -205,6 +205,10 @@ class Figure:
     def delta_pct(self, value: float) -> float:
         return 100.0 * (value - self.value) / self.value
 
+    def matches(self, value: float) -> bool:
+        """``value`` printed like this figure reads the same: equal to every digit the publication shows."""
+        return self.format_like(value) == self.text.strip()
+
 
 @dataclass
 class Profile:
@@ -237,6 +241,7 @@ class Profile:
                 fig = Figure.parse(published)
                 d[f"{kind}_as_published"] = fig.format_like(measured)
                 d[f"{kind}_delta_pct"] = round(fig.delta_pct(measured), 4)
+                d[f"{kind}_matches_published"] = fig.matches(measured)
         return d
 
 
@@ -297,7 +302,11 @@ def _compare(measured: int, published: str | None) -> tuple[str, str, str]:
     if published is None:
         return f"{measured:,}", "-", ""
     fig = Figure.parse(published)
-    return fig.format_like(measured), published, f"{fig.delta_pct(measured):+.2f}%"
+    return (
+        fig.format_like(measured),
+        published,
+        "match" if fig.matches(measured) else f"{fig.delta_pct(measured):+.2f}%",
+    )
 
 
 def format_table(profiles: list[Profile]) -> str:
@@ -327,6 +336,10 @@ def format_table(profiles: list[Profile]) -> str:
     used = sorted({p.convention for p in profiles})
     lines.append("")
     lines.append("MACs at batch 1 and the model's input size. FP/binary MACs: FlopCounterMode FLOPs / 2.")
+    lines.append(
+        "diff: match when the measured count, printed with the published unit and decimals, reads the same;"
+        " else (measured - published) / published."
+    )
     lines += [f"convention {c}: {CONVENTIONS[c].description}" for c in used]
     lines += [f"note {p.model}: {p.notes}" for p in profiles if p.notes]
     return "\n".join(lines)

@@ -359,10 +359,10 @@ def main(args: argparse.Namespace) -> dict:
         start_epoch, best, best_epoch = ckpt["epoch"], ckpt["best_top1"], ckpt["best_epoch"]
         log(f"resuming {path} after epoch {start_epoch}/{args.epochs} (best top-1 {_fmt(best, '.2f')})")
     rows = _read_log(out / "log.csv", start_epoch)
+    options = _plain({k: v for k, v in vars(args).items() if not callable(v)})  # the CLI adds its handler
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        options = {k: v for k, v in vars(args).items() if not callable(v)}
-        (out / "args.json").write_text(json.dumps(_plain(options), indent=2) + "\n")
+        (out / "args.json").write_text(json.dumps(options, indent=2) + "\n")
 
     n_params = sum(p.numel() for p in _unwrap(model).parameters())
     data = f"{kind} {args.data}" if args.data else kind
@@ -445,7 +445,7 @@ def main(args: argparse.Namespace) -> dict:
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "rng": rng_state(),
-                    "args": _plain(vars(args)),
+                    "args": options,
                 }
                 # Log, best, then last: a run killed between any two writes resumes from a consistent last.pth
                 # (log rows after its epoch are dropped on resume).
