@@ -1,5 +1,6 @@
 """The command line: help, eval/predict/convert round trips, and bad input with clear messages."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -179,3 +180,19 @@ def test_recipe_values_are_overridden_by_the_command_line(tmp_path, run_cli):
     args = json.loads((tmp_path / "args.json").read_text())
     assert status == 0 and args["epochs"] == 1 and args["lr"] == 0.1 and args["lr_milestone_lag"] == 1
     assert args["recipe"] == "nin_xnornet_cifar10" and args["model"] == "nin_xnornet"
+    assert "func" not in args  # options only, not the CLI's handler
+
+
+def test_eval_reproduces_the_training_log(run_cli, tmp_path):
+    """`eval --channels-last` sees the evaluation exactly as the training loop did (same subset, same format)."""
+    status, _, _ = run_cli("train", "--model", "nin_xnornet", "--epochs", "1", "--train-limit", "200",
+                           "--eval-limit", "100", "--output", tmp_path, "--no-progress")  # fmt: skip
+    assert status == 0
+    with open(tmp_path / "log.csv", newline="") as f:
+        logged = next(csv.DictReader(f))
+    status, out, _ = run_cli("eval", "--checkpoint", tmp_path / "last.pth", "--limit", "100", "--channels-last",
+                             "--json")  # fmt: skip
+    row = json.loads(out)
+    assert status == 0 and row["count"] == 100
+    assert row["top1"] == float(logged["eval_top1"]) and row["top5"] == float(logged["eval_top5"])
+    assert row["loss"] == pytest.approx(float(logged["eval_loss"]), abs=1e-4)  # rounded to 4 decimals in --json
