@@ -45,6 +45,13 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+def shutdown_distributed(info: DistInfo) -> None:
+    """Leave the process group before the process exits: one that exits holding it can be aborted by the
+    backend's still-running threads ("terminate called without an active exception", SIGABRT)."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     if not (dist.is_available() and dist.is_initialized()):
         return values

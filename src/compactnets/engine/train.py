@@ -43,7 +43,7 @@ from ..data import build_dataset, detect_kind, train_transform
 from ..data.datasets import KINDS
 from ..data.transforms import AUGMENTATIONS
 from ..registry import create_model, get_model_cfg, parse_model_kwargs
-from .distributed import init_distributed, resolve_device
+from .distributed import init_distributed, resolve_device, shutdown_distributed
 from .evaluate import build_eval_loader, default_workers, evaluate, limit_dataset
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
 from .recipes import RecipeError
@@ -300,8 +300,14 @@ def main(args: argparse.Namespace) -> dict:
         raise RecipeError(f"--steps must be a positive number of iterations, not {args.steps}")
     if args.phases and (args.steps or any("steps" in p for p in args.phases)):
         raise RecipeError("--steps cannot be combined with [[phases]] (each phase counts epochs)")
-    device = resolve_device(args.device)
-    dist_info, device = init_distributed(device)
+    dist_info, device = init_distributed(resolve_device(args.device))
+    try:
+        return _run(args, dist_info, device)
+    finally:
+        shutdown_distributed(dist_info)
+
+
+def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     log = print if dist_info.is_main else (lambda *a, **k: None)
     seed_everything(args.seed, args.deterministic)
 
