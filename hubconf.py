@@ -26,19 +26,10 @@ import compactnets as _compactnets  # noqa: E402
 
 
 def _entrypoint(name: str):
-    cfg = _compactnets.get_model_cfg(name)
-    family = _compactnets.registry.model_family(name)
-
     def entrypoint(pretrained=False, **kwargs):
-        if pretrained is True and not cfg["file"]:
-            raise ValueError(
-                f"compactnets bundles no weights for {name!r}: convert an official checkpoint with `compactnets "
-                f"convert --family {family} --model {name} <official file> {name}.pth` (or train one) and pass "
-                f"pretrained='{name}.pth'. Model notes: {cfg['notes'] or '-'}"
-            )
         return _compactnets.create_model(name, pretrained=pretrained, **kwargs)
 
-    reference = cfg["reference"]
+    reference = _compactnets.get_model_cfg(name)["reference"]
     published = ", ".join(f"{k} {reference[k]}" for k in ("params", "macs", "top1") if k in reference)
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__doc__ = f"compactnets model {name!r}" + (f" (published: {published})" if published else "")

@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import platform
-import re
 import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from common import environment, randomize_bn, time_interleaved  # benchmarks/common.py
 
 import compactnets
 from compactnets.profiler import count_params
@@ -62,46 +61,9 @@ def official_model(root: Path, variant: str) -> torch.nn.Module:
         return MicroNet(cfg)
 
 
-def randomize_bn(model: torch.nn.Module) -> None:
-    """Non-trivial BN statistics, so that the comparison and the fused form are exercised for real."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=generator) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
-
-
-def environment() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    onednn = re.search(r"MKL-DNN (v[\d.]+)", torch.__config__.show())
-    return (
-        f"{cpu}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-        f"oneDNN {onednn.group(1) if onednn else '?'}, NCHW float32"
-    )
-
-
-def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, runs: int) -> dict:
-    """Per model, the wall-clock and the process CPU seconds of each forward, one forward of each per round.
-
-    CPU time leaves out the time the process waits while other processes hold the cores, so on a busy machine
-    it is the steadier figure (with one thread it is the latency an idle core would give)."""
-    times = {name: ([], []) for name in models}
+def forward_times(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, runs: int) -> dict:
     with torch.inference_mode():
-        for _ in range(warmup):
-            for model in models.values():
-                model(x)
-        for _ in range(runs):
-            for name, model in models.items():
-                wall, cpu = time.perf_counter(), time.process_time()
-                model(x)
-                times[name][1].append(time.process_time() - cpu)
-                times[name][0].append(time.perf_counter() - wall)
-    return times
+        return time_interleaved({name: partial(model, x) for name, model in models.items()}, warmup, runs)
 
 
 def main() -> None:
@@ -149,8 +111,8 @@ def main() -> None:
             params[name] = count_params(models[name])
 
     print(f"\n{environment()}")
-    single = time_interleaved(models, torch.randn(1, 3, 224, 224), args.warmup, args.runs)
-    batched = time_interleaved(models, torch.randn(args.batch, 3, 224, 224), 2, args.batch_runs) if args.batch else {}
+    single = forward_times(models, torch.randn(1, 3, 224, 224), args.warmup, args.runs)
+    batched = forward_times(models, torch.randn(args.batch, 3, 224, 224), 2, args.batch_runs) if args.batch else {}
 
     header = (
         "model", "params", "b1 median ms", "b1 min ms", "vs official", "b1 CPU ms", "vs official",

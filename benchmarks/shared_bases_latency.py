@@ -18,17 +18,16 @@ and the script prints the largest logit difference as a check.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import platform
 import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from common import environment, randomize_bn, time_interleaved  # benchmarks/common.py
 
 import compactnets
 from compactnets.layers import SharedBasisConv2d
@@ -88,34 +87,8 @@ def official_model(root: Path, name: str, model: torch.nn.Module) -> torch.nn.Mo
     return official
 
 
-def randomize_bn(model: torch.nn.Module) -> None:
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
-
-
-def environment(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    return f"{cpu}; torch {torch.__version__}; {threads} thread(s); NCHW float32"
-
-
-def interleaved(functions: dict[str, callable], warmup: int, runs: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, one call of each per round."""
-    for _ in range(warmup):
-        for fn in functions.values():
-            fn()
-    times = {k: [] for k in functions}
-    for _ in range(runs):
-        for k, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return times
+def wall_times(functions: dict, warmup: int, runs: int) -> dict[str, list[float]]:
+    return {name: wall for name, (wall, _) in time_interleaved(functions, warmup, runs).items()}
 
 
 def train_step(model: torch.nn.Module, batch: int, size: int, num_classes: int):
@@ -142,7 +115,7 @@ def main() -> None:
     parser.add_argument("--train-runs", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(environment(args.threads))
+    print(environment())
     header = f"{'model':32s} {'params':>10s}  {'implementation':14s} {'batch-1 ms median':>17s} {'min':>7s}"
     header += f"  {'train img/s':>11s}  vs compactnets"
     print(header)
@@ -161,11 +134,11 @@ def main() -> None:
                 diff = (net.eval()(x) - reference).abs().max().item()
                 if diff > 1e-3 * reference.abs().max().item():
                     raise SystemExit(f"{name}: {label} differs from compactnets by {diff:.3g}")
-            latency = interleaved({k: lambda n=net, x=x: n(x) for k, net in variants.items()}, args.warmup, args.runs)
+            latency = wall_times({k: partial(net, x) for k, net in variants.items()}, args.warmup, args.runs)
         for net in variants.values():
             net.train()
         steps = {k: train_step(net, args.train_batch, size, num_classes) for k, net in variants.items()}
-        training = interleaved(steps, 2, args.train_runs)
+        training = wall_times(steps, 2, args.train_runs)
         base_latency, base_train = statistics.median(latency["compactnets"]), statistics.median(training["compactnets"])
         for label in variants:
             median, fastest = statistics.median(latency[label]), min(latency[label])

@@ -34,8 +34,6 @@ def convert_checkpoint(
     model = create_model(model_name, num_classes=num_classes, **model_kwargs)
     state_dict = converter.filter_fn(state_dict, model)
     load_state_dict_checked(model, state_dict, what=f"official checkpoint {src}")
-    if converter.cfg_overrides:
-        model.pretrained_cfg.update(converter.cfg_overrides)
     names = class_names(model.pretrained_cfg["dataset"])
     checkpoint = {
         "version": CHECKPOINT_VERSION,

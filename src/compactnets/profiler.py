@@ -11,9 +11,10 @@ in the model config) and :data:`CONVENTIONS` reproduces it, so measured and publ
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -98,6 +99,17 @@ _PTFLOPS_HOOKS: dict[type, Callable] = {
 }  # fmt: skip
 
 
+@contextlib.contextmanager
+def _forward_hooks(model: nn.Module, wanted: Callable[[nn.Module], bool], hook: Callable) -> Iterator[None]:
+    """``hook(module, inputs, output)`` on every module ``wanted`` selects, removed on exit."""
+    handles = [m.register_forward_hook(hook) for m in model.modules() if wanted(m)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def ptflops_macs(model: nn.Module, x: torch.Tensor) -> int:
     """MACs as ``ptflops.get_model_complexity_info`` (0.5.2 - 0.6.3) reports them at batch 1."""
     total = 0
@@ -106,13 +118,8 @@ def ptflops_macs(model: nn.Module, x: torch.Tensor) -> int:
         nonlocal total
         total += _PTFLOPS_HOOKS[type(module)](module, inp, out)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in _PTFLOPS_HOOKS]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with _forward_hooks(model, lambda m: type(m) in _PTFLOPS_HOOKS, hook), torch.no_grad():
+        model(x)
     return total
 
 
@@ -125,12 +132,8 @@ def micronet_madds(model: nn.Module, x: torch.Tensor) -> int:
         nonlocal fusion
         fusion += module.fusion_madds(out)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, DynamicShiftMax)]
-    try:
+    with _forward_hooks(model, lambda m: isinstance(m, DynamicShiftMax), hook):
         macs = flop_counter_macs(model, x)[0]
-    finally:
-        for h in handles:
-            h.remove()
     return macs + fusion
 
 

@@ -80,7 +80,6 @@ class Converter:
     family: str
     filter_fn: Callable[[dict, nn.Module], dict]  # (cleaned official state dict, model) -> model state dict
     reader: Callable[[Path], dict] | None = None  # file -> official state dict; default: torch.load
-    cfg_overrides: dict | None = None  # preprocessing that the official weights expect
 
 
 _models: dict[str, _Entry] = {}
@@ -114,8 +113,10 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def register_converter(family: str, filter_fn, reader=None, cfg_overrides=None) -> None:
-    _converters[family] = Converter(family, filter_fn, reader, cfg_overrides)
+def register_converter(family: str, filter_fn, reader=None) -> None:
+    """The preprocessing official weights expect belongs in the models' default configs, which ``convert``
+    saves with the weights."""
+    _converters[family] = Converter(family, filter_fn, reader)
 
 
 def get_converter(family: str) -> Converter:
@@ -189,9 +190,11 @@ def create_model(
 
         if pretrained is True:
             if not entry.cfg["file"]:
+                notes = f". Model notes: {entry.cfg['notes']}" if entry.cfg["notes"] else ""
                 raise ValueError(
-                    f"compactnets bundles no weights for {name!r}; pass pretrained=<path to a checkpoint> "
-                    "(e.g. one written by `compactnets train` or `compactnets convert`)"
+                    f"compactnets bundles no weights for {name!r}: convert an official checkpoint with `compactnets "
+                    f"convert --family {entry.family} --model {name} <official file> {name}.pth` (or train one) and "
+                    f"pass pretrained='{name}.pth'{notes}"
                 )
             pretrained = Path(__file__).parent / entry.cfg["file"]
         load_pretrained(model, pretrained)

@@ -385,9 +385,6 @@ class MicroNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
     @torch.no_grad()
     def fuse(self) -> FusedMicroNet:
         """An inference-only copy with the same outputs as this model in eval mode (BN running statistics,

@@ -160,9 +160,6 @@ class NIN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: NIN) -> dict[str, torch.Tensor]:
     """MCTS checkpoints (``{'model_state_dict': ...}``, unwrapped by the loader) already use our key names."""

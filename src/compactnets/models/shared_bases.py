@@ -329,12 +329,15 @@ class SharedBasisNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def no_weight_decay(self) -> set[str]:
-        return set()  # the official runs decay every parameter, shared bases and BN included
-
-    def unique_bases(self, group: tuple[nn.Conv2d, ...]) -> list[SharedBasisConv2d]:
-        """The layers whose unique filters join ``group``'s shared bases, in block order."""
-        return [m for m in self.modules() if isinstance(m, SharedBasisConv2d) and any(m.shared is b for b in group)]
+    def unique_bases(self) -> list[list[torch.Tensor]]:
+        """Per group of :attr:`basis_groups`, the unique filters of the layers that use its shared bases, in
+        block order."""
+        group_of = {id(basis): i for i, group in enumerate(self.basis_groups) for basis in group}
+        unique = [[] for _ in self.basis_groups]
+        for m in self.modules():
+            if isinstance(m, SharedBasisConv2d):
+                unique[group_of[id(m.shared)]].append(m.weight)
+        return unique
 
     def orthogonality_terms(self) -> tuple[torch.Tensor, int]:
         """Sum and count of the selected ``(B B^T - I)^2`` entries over all groups of bases.
@@ -344,9 +347,9 @@ class SharedBasisNet(nn.Module):
         them. See :func:`~compactnets.layers.basis_similarity` for the entries selected.
         """
         total, count = 0.0, 0
-        for group in self.basis_groups:
-            unique = [m.weight for m in self.unique_bases(group)] if self.regularize_unique else []
-            similarity, n = basis_similarity([b.weight for b in group], unique)
+        unique = self.unique_bases() if self.regularize_unique else [[] for _ in self.basis_groups]
+        for group, group_unique in zip(self.basis_groups, unique, strict=True):
+            similarity, n = basis_similarity([b.weight for b in group], group_unique)
             total, count = total + similarity, count + n
         return total, count
 

@@ -262,9 +262,6 @@ class ShuffleNetV2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
 
 # --- official checkpoints ---------------------------------------------------------------------------------
 
