@@ -20,6 +20,12 @@ The per-sample convolution has two implementations, equal up to float rounding:
   convolution, the official batch-1 path. ONNX stores ``group`` as a constant, so it exports at a fixed batch.
 * ``matmul``: a batched matrix product over unfolded patches (a reshape for 1x1 kernels), and for depthwise
   kernels a sum of k*k shifted slices times per-sample weights: exports to ONNX with a dynamic batch.
+
+For inference, :meth:`WeightNet.mixture` gives a third, static form (:class:`MixtureConv2d`): the generated
+kernel is linear in the gates, ``W[n] = sum_j a[n, j] * S_j`` with static ``S_j`` (the columns of ``wn_fc2``),
+so the per-sample conv is ``sum_j a[n, j] * conv(x[n], S_j)``: one static grouped conv with M/G times the
+outputs, mixed per sample. With M = G = 2 it has the MACs of the conv it replaces (no kernel generation), its
+BN folds into ``S_j``, and it exports to ONNX with a dynamic batch as plain Conv, Mul and ReduceSum.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fold import fold_bn
 
 PER_SAMPLE_IMPLS = ("grouped", "matmul")
 
@@ -120,6 +128,17 @@ class _KernelGenerator(nn.Module):
     def kernels(self, x_gap: torch.Tensor) -> torch.Tensor:
         return self.wn_fc2(self.sigmoid(self.wn_fc1(x_gap)))
 
+    @torch.no_grad()
+    def _mixture(self, static: torch.Tensor, conv_groups: int, mix_shape, bn: nn.Module | None) -> MixtureConv2d:
+        """``static``: (groups, out, gates per group, fan-in) kernels ordered as the static conv's outputs."""
+        out_chs = static.shape[1]
+        scale, shift = torch.ones(out_chs), torch.zeros(out_chs)
+        if bn is not None:
+            scale, shift = fold_bn(scale, shift, bn)
+        k = self.kernel_size
+        weight = (static * scale.view(1, -1, 1, 1)).reshape(-1, static.shape[-1] // (k * k), k, k)
+        return MixtureConv2d(self.wn_fc1, weight, shift, conv_groups, mix_shape, self.stride, k // 2)
+
 
 class WeightNet(_KernelGenerator):
     """A dense convolution whose kernel ``wn_fc2(sigmoid(wn_fc1(x_gap)))`` is generated for each sample.
@@ -158,6 +177,17 @@ class WeightNet(_KernelGenerator):
     def extra_repr(self) -> str:
         return f"{self.in_chs}, {self.out_chs}, kernel_size={self.kernel_size}, stride={self.stride}, impl={self.impl}"
 
+    def mixture(self, bn: nn.Module | None = None) -> MixtureConv2d:
+        """The static inference form of ``bn(self(x, x_gap))`` (eval-mode BN; None: this layer alone). Needs G
+        to divide ``in_chs`` (each of the G parts of a kernel row then covers whole input channels)."""
+        groups, out_chs = self.wn_fc2.groups // self.out_chs, self.out_chs
+        if self.in_chs % groups:
+            raise ValueError(f"the mixture form needs G ({groups}) to divide in_chs ({self.in_chs})")
+        gates = self.wn_fc2.in_channels // self.wn_fc2.groups
+        # wn_fc2 row (o*G + h)*L + l, column j: tap l of part h of output o's kernel, for gate (o*G + h)*gates + j.
+        static = self.wn_fc2.weight.reshape(out_chs, groups, -1, gates).permute(1, 0, 3, 2)  # (G, out, gates, L)
+        return self._mixture(static, groups, (groups, out_chs, gates), bn)
+
 
 class WeightNetDW(_KernelGenerator):
     """A depthwise convolution whose kernel is generated for each sample (official ``WeightNet_DW``).
@@ -187,6 +217,41 @@ class WeightNetDW(_KernelGenerator):
 
     def extra_repr(self) -> str:
         return f"{self.chs}, kernel_size={self.kernel_size}, stride={self.stride}, impl={self.impl}"
+
+    def mixture(self, bn: nn.Module | None = None) -> MixtureConv2d:
+        """The static inference form of ``bn(self(x, x_gap))`` (eval-mode BN; None: this layer alone)."""
+        gates = self.wn_fc2.in_channels // self.chs
+        static = self.wn_fc2.weight.reshape(1, self.chs, -1, gates).transpose(2, 3)  # (1, chs, gates, k*k)
+        return self._mixture(static, self.chs, (1, self.chs, gates), bn)
+
+
+class MixtureConv2d(nn.Module):
+    """Inference form of a WeightNet layer (see the module docstring): ``sum_j a_j * conv(x, S_j) + bias`` with
+    the gates ``a = sigmoid(wn_fc1(x_gap))`` and the static kernels of ``wn_fc2`` (and a folded BN).
+
+    The static conv's outputs are ordered (part h, output o, gate j) and the gates (o, h, j), ``mix_shape`` =
+    (parts, outputs, gates per part): the sum runs over parts and gates.
+    """
+
+    def __init__(self, wn_fc1: nn.Conv2d, weight, bias, groups: int, mix_shape, stride: int, padding: int):
+        super().__init__()
+        self.wn_fc1 = wn_fc1
+        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("bias", bias.view(1, -1, 1, 1).clone())
+        self.groups, self.stride, self.padding = groups, stride, padding
+        self.mix_shape = tuple(mix_shape)
+
+    def forward(self, x: torch.Tensor, x_gap: torch.Tensor) -> torch.Tensor:
+        parts, out_chs, gates = self.mix_shape
+        n = x.shape[0]
+        a = torch.sigmoid(self.wn_fc1(x_gap))
+        z = F.conv2d(x, self.weight, None, self.stride, self.padding, 1, self.groups)
+        if parts == 1 and gates == 1:  # depthwise with M = G: a per-sample scale of each channel
+            y = z * a.reshape(n, out_chs, 1, 1)
+        else:
+            z = z.reshape(n, parts, out_chs, gates, z.shape[-2], z.shape[-1])
+            y = (z * a.reshape(n, out_chs, parts, gates, 1, 1).transpose(1, 2)).sum((1, 3))
+        return y + self.bias
 
 
 def set_per_sample_impl(module: nn.Module, impl: str) -> nn.Module:

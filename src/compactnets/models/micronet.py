@@ -391,6 +391,10 @@ class MicroNet(nn.Module):
         no dropout), in far fewer ops; this model is left unchanged and can keep training."""
         return FusedMicroNet(self)
 
+    def inference_form(self) -> FusedMicroNet:
+        """For :func:`compactnets.deploy.inference_form`: the fused model."""
+        return self.fuse()
+
 
 class FusedMicroBlock(nn.Module):
     """The ops of a fused :class:`MicroBlock`; ``order`` is the channel order its last op leaves (None: in

@@ -160,6 +160,17 @@ class WeightNetShuffleV2Block(nn.Module):
             x_proj = self.relu(self.bn_proj_2(self.wnet_proj_2(x_proj, x_gap)))
         return torch.cat((x_proj, x), 1)
 
+    def to_mixture(self) -> WeightNetShuffleV2Block:
+        """In place, for inference: every WeightNet and the BN after it become one static
+        :class:`~compactnets.layers.weightnet.MixtureConv2d` (eval-mode BN). Returns the block."""
+        pairs = [("wnet1", "bn1"), ("wnet2", "bn2"), ("wnet3", "bn3")]
+        if self.stride == 2:
+            pairs += [("wnet_proj_1", "bn_proj_1"), ("wnet_proj_2", "bn_proj_2")]
+        for wnet, bn in pairs:
+            setattr(self, wnet, getattr(self, wnet).mixture(getattr(self, bn)))
+            setattr(self, bn, nn.Identity())
+        return self
+
 
 class ShuffleNetV2(nn.Module):
     """ShuffleNetV2 in Megvii's layout, static or with WeightNet blocks.
@@ -261,6 +272,14 @@ class ShuffleNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def inference_form(self) -> ShuffleNetV2:
+        """For :func:`compactnets.deploy.inference_form` (which folds the remaining BNs): WeightNet blocks in
+        their static mixture form, the fastest in eager mode and in onnxruntime, with a dynamic batch."""
+        for block in self.features:
+            if isinstance(block, WeightNetShuffleV2Block):
+                block.to_mixture()
+        return self
 
 
 # --- official checkpoints ---------------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""Deployment: the inference form of a model, export to files another runtime runs, and latency benchmarks.
+
+* :func:`inference_form`: an eval-mode copy of a model with its family's inference form applied (a model class
+  may define ``inference_form()``, e.g. MicroNet's fused form, WeightNet's static mixture) and then every
+  conv -> BN pair folded (:mod:`.folding`); binary convs are kept as they are.
+* :data:`FORMATS`: the export formats, by name, each an ``export(model, out, ...)`` and a ``load(path)`` that
+  returns an ``nn.Module`` runner (logits from a preprocessed NCHW batch; ``pretrained_cfg``, ``class_names``).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .folding import fold_batch_norms
+
+
+class DeployError(ValueError):
+    """An export that cannot be made or fails its check, or a deployed file that cannot be run."""
+
+
+def example_input(model: nn.Module, batch: int = 2, input_size=None) -> torch.Tensor:
+    """A seeded random batch of the model's input size (``pretrained_cfg['input_size']`` unless given)."""
+    size = tuple(input_size or model.pretrained_cfg["input_size"])
+    return torch.randn((batch, *size), generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def inference_form(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+    """An eval-mode copy of ``model`` for inference, with the same outputs as ``model.eval()``: the model's own
+    ``inference_form()`` if it has one, then BN folded into the conv or linear layer before it. ``example``:
+    an input to trace the data flow with (default: :func:`example_input`). ``model`` is left unchanged."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    example = example_input(model) if example is None else example
+    form = copy.deepcopy(model).eval()
+    family_form = getattr(form, "inference_form", None)
+    if callable(family_form):
+        form = family_form().eval()
+    fold_batch_norms(form, example)
+    if cfg is not None:
+        form.pretrained_cfg = copy.deepcopy(cfg)
+    for p in form.parameters():
+        p.requires_grad_(False)
+    return form
+
+
+@dataclass(frozen=True)
+class Format:
+    """An export format: ``module`` holds ``export`` (model, out, **options) and ``load`` (path -> runner)."""
+
+    module: str
+    export: str
+    load: str
+    suffix: str
+    needs: str  # the pip extra that provides its runtime
+
+    def function(self, which: str):
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError as e:
+            raise DeployError(f"{e.name} is not installed: pip install 'compactnets[{self.needs}]'") from e
+        return getattr(module, getattr(self, which))
+
+
+FORMATS: dict[str, Format] = {
+    "onnx": Format("compactnets.deploy.onnx", "export_onnx", "load_onnx", ".onnx", "onnx"),
+}
+
+
+def load_deployed(fmt: str, path) -> nn.Module:
+    """The runner of a deployed file of format ``fmt`` (a key of :data:`FORMATS`)."""
+    return FORMATS[fmt].function("load")(path)
+
+
+__all__ = ["FORMATS", "DeployError", "Format", "example_input", "fold_batch_norms", "inference_form", "load_deployed"]

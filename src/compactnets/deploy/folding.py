@@ -1,0 +1,122 @@
+"""BN folding for any model: every conv -> BN (and linear -> BN) pair found in the model's data flow.
+
+The pairs are found by running the model once, not by reading its code: a BN folds into the layer before it
+when its input *is* that layer's output tensor and nothing else reads that tensor (counted on the autograd
+graph of the run). So attribute-style blocks (``self.bn1(self.conv1(x))``) fold as well as ``nn.Sequential``
+ones, and a conv whose output also feeds a residual sum is left alone.
+
+Only layers whose forward is the plain affine map fold: ``nn.Conv2d`` and ``nn.Linear`` themselves (not
+subclasses such as binary convs, whose weights are binarized at run time), and layers that can be written as
+one ``nn.Conv2d`` (:data:`AS_CONV`, e.g. a shared filter basis materialized for its layer).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..layers import SharedBasisConv2d, fold_bn
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _shared_basis_as_conv(m: SharedBasisConv2d) -> nn.Conv2d | None:
+    if m.groups != 1 or m.shared.groups != 1:
+        return None  # unique and shared filters in groups: no single conv in the layer's channel order
+    conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, padding=m.padding, dilation=m.dilation, bias=False)
+    conv.weight = nn.Parameter(torch.cat([m.weight, m.shared.weight]).detach().clone())
+    return conv
+
+
+# Layers that are one convolution in disguise, and how to write them as one (None: not this instance).
+AS_CONV: dict[type, Callable[[nn.Module], nn.Conv2d | None]] = {SharedBasisConv2d: _shared_basis_as_conv}
+
+
+def _foldable(m: nn.Module) -> bool:
+    return type(m) in (nn.Conv2d, nn.Linear) or type(m) in AS_CONV
+
+
+def _consumers(output: torch.Tensor) -> Counter:
+    """How many times each autograd node's result is read, over the graph that produced ``output``."""
+    counts, seen, stack = Counter(), set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for parent, _ in node.next_functions:
+            if parent is not None:
+                counts[parent] += 1
+                stack.append(parent)
+    return counts
+
+
+def find_conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+    """(layer name, BN name) for every BN that reads only the output of a foldable layer, in one run of
+    ``model`` (eval mode) on ``example``. Layers or BNs called more than once are never paired."""
+    names = {m: n for n, m in model.named_modules()}
+    outputs: dict[int, tuple[torch.Tensor, nn.Module]] = {}
+    bn_inputs: dict[nn.Module, torch.Tensor] = {}
+    calls: Counter = Counter()
+
+    def after_layer(m, args, out):
+        calls[m] += 1
+        outputs[id(out)] = (out, m)  # the tensor is kept alive, so its id cannot be reused during the run
+
+    def before_bn(m, args):
+        calls[m] += 1
+        bn_inputs[m] = args[0]
+
+    handles = [m.register_forward_hook(after_layer) for m in model.modules() if _foldable(m)]
+    handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, _BN)]
+    # The graph is recorded through the parameters (not the input: in-place ops on input views would refuse).
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            out = model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(False)
+    if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+        return []
+    readers = _consumers(out)
+    pairs = []
+    for bn, inp in bn_inputs.items():
+        source = outputs.get(id(inp))
+        if source is None or source[0] is not inp or calls[bn] != 1 or calls[source[1]] != 1:
+            continue
+        if inp.grad_fn is not None and readers[inp.grad_fn] == 1:
+            pairs.append((names[source[1]], names[bn]))
+    return pairs
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+@torch.no_grad()
+def fold_batch_norms(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+    """Fold, in place, every BN that follows a foldable layer into it (the BN becomes ``nn.Identity``); the
+    model must be in eval mode. Returns the (layer, BN) pairs folded."""
+    folded = []
+    for layer_name, bn_name in find_conv_bn_pairs(model, example):
+        layer = model.get_submodule(layer_name)
+        if type(layer) in AS_CONV:
+            layer = AS_CONV[type(layer)](layer)
+            if layer is None:
+                continue
+            _set(model, layer_name, layer)
+        weight, bias = fold_bn(layer.weight, layer.bias, model.get_submodule(bn_name))
+        layer.weight = nn.Parameter(weight.detach().clone())
+        layer.bias = nn.Parameter(bias.detach().clone())
+        _set(model, bn_name, nn.Identity())
+        folded.append((layer_name, bn_name))
+    return folded
