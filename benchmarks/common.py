@@ -1,26 +1,19 @@
-"""What the benchmark scripts share: the machine line, non-trivial BN statistics, and the interleaved timer."""
+"""What the benchmark scripts share: the machine line, non-trivial BN statistics, and the interleaved timer
+(from :mod:`compactnets.deploy.bench`)."""
 
 from __future__ import annotations
 
-import contextlib
-import platform
-import re
-import time
-from collections.abc import Callable
-
 import torch
+
+from compactnets.deploy.bench import environment as bench_environment
+from compactnets.deploy.bench import environment_line, time_interleaved
+
+__all__ = ["environment", "randomize_bn", "time_interleaved"]
 
 
 def environment() -> str:
-    """CPU model, threads, torch and oneDNN versions: the line to print above a table of timings."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    onednn = re.search(r"MKL-DNN (v[\d.]+)", torch.__config__.show())
-    return (
-        f"{cpu}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-        f"oneDNN {onednn.group(1) if onednn else '?'}, NCHW float32"
-    )
+    """CPU model and flags, threads, torch/oneDNN/onnxruntime versions: the line to print above a table."""
+    return environment_line(bench_environment())
 
 
 def randomize_bn(model: torch.nn.Module) -> None:
@@ -34,24 +27,3 @@ def randomize_bn(model: torch.nn.Module) -> None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.1)
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=generator) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
-
-
-def time_interleaved(
-    functions: dict[str, Callable[[], object]], warmup: int, runs: int
-) -> dict[str, tuple[list[float], list[float]]]:
-    """Per function, the wall-clock and the process CPU seconds of each call, one call of each per round, so
-    that load from other processes hits all of them alike.
-
-    CPU time leaves out the time the process waits while other processes hold the cores, so on a busy machine
-    it is the steadier figure (with one thread it is the latency an idle core would give)."""
-    for _ in range(warmup):
-        for fn in functions.values():
-            fn()
-    times = {name: ([], []) for name in functions}
-    for _ in range(runs):
-        for name, fn in functions.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            times[name][1].append(time.process_time() - cpu)
-            times[name][0].append(time.perf_counter() - wall)
-    return times

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 from .checkpoint import CheckpointError
 from .data import DataError, ImageReadError
+from .deploy import DeployError
 from .engine.recipes import RecipeError
 from .registry import ModelArgumentError, UnknownModelError
 from .safe_pickle import UnsafePickleError
@@ -16,7 +18,7 @@ from .safe_pickle import UnsafePickleError
 # Errors that describe bad input: printed as one line, exit status 2. Anything else is a bug: traceback.
 USER_ERRORS = (
     UnknownModelError, DataError, ImageReadError, CheckpointError, RecipeError, UnsafePickleError,
-    ModelArgumentError, FileNotFoundError, FloatingPointError,
+    ModelArgumentError, FileNotFoundError, FloatingPointError, DeployError,
 )  # fmt: skip
 
 
@@ -52,7 +54,7 @@ def _eval(args, parser, argv):
     from .engine.distributed import resolve_device
     from .engine.evaluate import build_eval_loader, evaluate, load_model
 
-    model, _ = load_model(args.checkpoint, args.model)
+    model, _ = _load_for_inference(args, load_model)
     device = resolve_device(args.device)
     loader = build_eval_loader(
         model.pretrained_cfg, args.data, args.dataset, args.split, args.batch_size, args.workers, args.limit
@@ -63,13 +65,13 @@ def _eval(args, parser, argv):
     cfg = model.pretrained_cfg
     row = {
         "model": cfg["architecture"],
-        "checkpoint": args.checkpoint,
+        "checkpoint": args.checkpoint or _deployed_file(args)[1],
         "data": args.data or "embedded",
         "split": args.split,
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
         "top1_err": round(100 - result["top1"], 4),
         "top5_err": round(100 - result["top5"], 4),
-        "param_count": sum(p.numel() for p in model.parameters()),
+        "param_count": getattr(model, "param_count", None) or sum(p.numel() for p in model.parameters()),
         "img_size": cfg["input_size"][-1],
         "crop_pct": cfg["crop_pct"],
         "interpolation": cfg["interpolation"],
@@ -88,7 +90,7 @@ def _eval(args, parser, argv):
 def _predict(args, parser, argv):
     from .engine.evaluate import label_names, load_model, predict_images
 
-    model, ckpt = load_model(args.checkpoint, args.model)
+    model, ckpt = _load_for_inference(args, load_model)
     results = predict_images(model, args.images, label_names(model, ckpt), args.topk)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -97,6 +99,87 @@ def _predict(args, parser, argv):
         print(r["image"])
         for rank, top in enumerate(r["top"]):
             print(f"{rank}: class = {top['label']:20s} with probability = {100 * top['probability']:4.1f} %")
+
+
+def _deployed_file(args) -> tuple[str | None, str | None]:
+    """(format, path) of the deployed file named by ``--onnx`` and the like; (None, None) for a checkpoint."""
+    from .deploy import FORMATS
+
+    return next(((fmt, getattr(args, fmt)) for fmt in FORMATS if getattr(args, fmt, None)), (None, None))
+
+
+def _load_for_inference(args, load_model):
+    """The model of ``--checkpoint``, or the runner of a deployed file (CPU; its class names as the checkpoint's)."""
+    from .deploy import load_deployed
+
+    fmt, path = _deployed_file(args)
+    if fmt is None:
+        return load_model(args.checkpoint, args.model)
+    if args.model:
+        raise DeployError(f"--model applies to --checkpoint; a --{fmt} file names its model")
+    if getattr(args, "device", "cpu") not in ("auto", "cpu"):
+        raise DeployError(f"--{fmt} runs on the CPU; drop --device {args.device}")
+    args.device = "cpu"
+    runner = load_deployed(fmt, path)
+    return runner, {"class_names": runner.class_names}
+
+
+def _export(args, parser, argv):
+    from .deploy import FORMATS
+    from .engine.evaluate import label_names, load_model
+    from .registry import create_model
+
+    if args.checkpoint:
+        model, ckpt = load_model(args.checkpoint, args.model)
+    elif args.model:
+        model, ckpt = create_model(args.model).eval(), None
+        print(f"note: no --checkpoint: exporting {args.model} with random weights", file=sys.stderr)
+    else:
+        parser.error("name a model, or give --checkpoint")
+    names = label_names(model, ckpt)
+    options = dict(batch_size=args.batch_size, check=not args.no_check, class_names=names)
+    if args.opset is not None:
+        options["opset"] = args.opset
+    result = FORMATS[args.format].function("export")(model, args.out, **options)
+    check = result.get("check_error")
+    checked = "not checked" if check is None else f"checked: max |diff| = {check:.1e} x max |logit|"
+    print(
+        f"exported {model.pretrained_cfg['architecture']} -> {result['output']} ({args.format}, batch "
+        f"{result['batch']}, input {'x'.join(map(str, result['input_size']))}; {checked})"
+    )
+
+
+def _bench(args, parser, argv):
+    from .deploy import bench
+    from .registry import list_models
+
+    names = []
+    for pattern in args.models + (list(bench.DEFAULT_ANCHORS) if args.anchors else []):
+        if ":" not in pattern and any(c in pattern for c in "*?["):
+            matched = list_models(pattern)
+            if not matched:
+                raise DeployError(f"no registered model matches {pattern!r}")
+            names += matched
+        else:
+            names.append(pattern)
+    if not names:
+        parser.error("name one or more models (or --anchors)")
+    rows, env = bench.run_bench(
+        list(dict.fromkeys(names)), args.backend, args.threads, args.warmup, args.runs, args.batch, args.batch_runs,
+        args.input_size, log=lambda line: print(line, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    outputs = {"json": bench.to_json, "csv": bench.to_csv}
+    for kind, write in outputs.items():
+        target = getattr(args, kind)
+        if target == "-":
+            print(write(rows, env))
+        elif target:
+            Path(target).write_text(write(rows, env))
+    if args.plot:
+        bench.plot(rows, env, args.plot)
+    if "-" not in (args.json, args.csv):
+        print(bench.environment_line(env))
+        print(bench.format_table(rows, markdown=args.markdown))
 
 
 def _profile(args, parser, argv):
@@ -166,8 +249,18 @@ def _convert(args, parser, argv):
     print(f"converted {args.src} -> {result['output']} ({args.model}, {result['tensors']} tensors)")
 
 
+def _batch_size(value: str) -> int | None:
+    if value == "dynamic":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive batch size or 'dynamic', not {value!r}")
+    return int(value)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from .data.datasets import KINDS
+    from .deploy import FORMATS
+    from .deploy.bench import BACKENDS, DEFAULT_ANCHORS
     from .engine.train import add_train_args
     from .profiler import CONVENTIONS
     from .registry import list_families
@@ -190,7 +283,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_train_args(p)
 
     def add_checkpoint_args(p):
-        p.add_argument("--checkpoint", required=True, help="compactnets checkpoint (train or convert output)")
+        from .deploy import FORMATS
+
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--checkpoint", help="compactnets checkpoint (train or convert output)")
+        for fmt in FORMATS:
+            source.add_argument(
+                f"--{fmt}", metavar="FILE", help=f"a model exported with `compactnets export --format {fmt}`"
+            )
         p.add_argument("--model", help="model name (default: the one the checkpoint names)")
 
     p = command("eval", "top-1/top-5 and loss of a checkpoint on a dataset", _eval)
@@ -215,6 +315,38 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true")
+
+    p = command("export", "export a model (inference form) to a file another runtime runs, and check it", _export)
+    p.add_argument("model", nargs="?", help="model name (default: the one the checkpoint names)")
+    p.add_argument("--checkpoint", help="compactnets checkpoint (default: random weights)")
+    p.add_argument("--format", default="onnx", choices=list(FORMATS))
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=None,
+        metavar="B|dynamic",
+        help="a fixed batch size, or 'dynamic' (default)",
+    )
+    p.add_argument("--no-check", action="store_true", help="skip the runtime vs PyTorch check at batch 1 and 3")
+
+    p = command(
+        "bench", "CPU latency and throughput beside params and MACs, interleaved across models and backends", _bench
+    )
+    p.add_argument("models", nargs="*", help="registered names or patterns ('micronet_m?'), tv:NAME, timm:NAME")
+    p.add_argument("--anchors", action="store_true", help=f"add {', '.join(DEFAULT_ANCHORS)}")
+    p.add_argument("--backend", nargs="+", default=["eager", "onnxruntime"], choices=list(BACKENDS))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=20, help="warm-up rounds")
+    p.add_argument("--runs", type=int, default=100, help="timed batch-1 rounds")
+    p.add_argument("--batch", type=int, default=16, help="throughput batch size (1: skip)")
+    p.add_argument("--batch-runs", type=int, default=10, help="timed throughput rounds")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="override every input size")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON (no FILE: to stdout)")
+    p.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="write CSV (no FILE: to stdout)")
+    p.add_argument("--plot", metavar="FILE.png", help="latency against MACs, log-log (needs matplotlib)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
 
     p = command("profile", "parameters, MACs, binary MACs and size beside the published figures", _profile)
     p.add_argument("models", nargs="*", help="model names")

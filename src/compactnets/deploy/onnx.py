@@ -33,7 +33,7 @@ def _metadata(model: nn.Module, class_names) -> dict[str, str]:
     cfg.setdefault("num_classes", getattr(model, "num_classes", None))
     cfg["class_names"] = list(class_names) if class_names else None
     meta = {key: json.dumps(cfg.get(key)) for key in META_KEYS}
-    meta["producer"] = json.dumps(f"compactnets {__version__}")
+    meta["param_count"] = json.dumps(sum(p.numel() for p in model.parameters()))  # of the model, not the form
     return meta
 
 
@@ -147,6 +147,7 @@ class OnnxModel(nn.Module):
         if missing:
             raise DeployError(f"{path} has no {', '.join(missing)} in its metadata: not exported by compactnets")
         self.class_names = values.pop("class_names", None)
+        self.param_count = json.loads(meta.get("param_count", "null"))
         self.pretrained_cfg = values
         self.num_classes = values.get("num_classes")
         self.input_name = self.session.get_inputs()[0].name

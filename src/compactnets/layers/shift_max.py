@@ -156,6 +156,8 @@ class FusedShiftMax(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return self._forward_static_shapes(x)
         b, c, h, w = x.shape
         hidden = torch.addmm(self.b1, x.mean((2, 3)), self.w1_t).relu_()
         coeffs = torch.addmm(self.b2, hidden, self.w2_t).clamp_(self.low, self.high)
@@ -169,3 +171,20 @@ class FusedShiftMax(nn.Module):
         second = torch.mul(direct, coeffs[2]).addcmul_(shifted, coeffs[3])
         first = shifted.mul_(coeffs[1]).addcmul_(direct, coeffs[0])
         return second.clamp_min_(first)  # max(second, first), in place
+
+    def _forward_static_shapes(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function without reading the input's shape or splitting views in place, for ONNX export:
+        the exported graph then has only constant slices (a view per shape, as above, costs onnxruntime some
+        250 Shape/Gather/Unsqueeze/Concat/Split/Squeeze nodes in MicroNet M0, more time than its convs)."""
+        c = self.channels
+        hidden = torch.relu(torch.addmm(self.b1, x.mean((2, 3)), self.w1_t))
+        coeffs = torch.clamp(torch.addmm(self.b2, hidden, self.w2_t), self.low, self.high)
+        coeffs = coeffs.reshape(-1, 2 * self.branches * c, 1, 1)
+        a = [coeffs[:, i * c : (i + 1) * c] for i in range(2 * self.branches)]  # a1, b1(, a2, b2)
+        if self.reads_in_order:
+            direct, shifted = x, x.index_select(1, self.gather)
+        else:
+            both = x.index_select(1, self.gather)
+            direct, shifted = both[:, :c], both[:, c:]
+        out = direct * a[0] + shifted * a[1]
+        return out if self.branches == 1 else torch.maximum(out, direct * a[2] + shifted * a[3])

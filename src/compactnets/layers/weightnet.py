@@ -129,15 +129,26 @@ class _KernelGenerator(nn.Module):
         return self.wn_fc2(self.sigmoid(self.wn_fc1(x_gap)))
 
     @torch.no_grad()
-    def _mixture(self, static: torch.Tensor, conv_groups: int, mix_shape, bn: nn.Module | None) -> MixtureConv2d:
-        """``static``: (groups, out, gates per group, fan-in) kernels ordered as the static conv's outputs."""
-        out_chs = static.shape[1]
+    def _mixture(self, static: torch.Tensor, gate_rows: torch.Tensor, depthwise: bool, bn) -> MixtureConv2d:
+        """``static``: (parts, out, gates per part, fan-in) kernels; ``gate_rows``: (parts, out, gates), the
+        ``wn_fc1`` output that scales each."""
+        parts, out_chs, gates, fan_in = static.shape
         scale, shift = torch.ones(out_chs), torch.zeros(out_chs)
         if bn is not None:
             scale, shift = fold_bn(scale, shift, bn)
-        k = self.kernel_size
-        weight = (static * scale.view(1, -1, 1, 1)).reshape(-1, static.shape[-1] // (k * k), k, k)
-        return MixtureConv2d(self.wn_fc1, weight, shift, conv_groups, mix_shape, self.stride, k // 2)
+        static = static * scale.view(1, -1, 1, 1)
+        # Static conv outputs and gates in one order: a depthwise conv must keep each channel's outputs together
+        # (channel, gate); a dense one is free to put the sum's terms in contiguous blocks (part, gate, output).
+        order = (1, 2, 0) if depthwise else (0, 2, 1)
+        weight = static.permute(*order, 3).reshape(
+            -1, fan_in // self.kernel_size**2, self.kernel_size, self.kernel_size
+        )
+        rows = gate_rows.permute(*order).reshape(-1)
+        gate_fc = nn.Conv2d(self.wn_fc1.in_channels, len(rows), 1)
+        gate_fc.weight.copy_(self.wn_fc1.weight[rows])
+        gate_fc.bias.copy_(self.wn_fc1.bias[rows])
+        groups = out_chs if depthwise else parts
+        return MixtureConv2d(gate_fc, weight, shift, groups, out_chs, parts * gates, depthwise, self.stride)
 
 
 class WeightNet(_KernelGenerator):
@@ -186,7 +197,10 @@ class WeightNet(_KernelGenerator):
         gates = self.wn_fc2.in_channels // self.wn_fc2.groups
         # wn_fc2 row (o*G + h)*L + l, column j: tap l of part h of output o's kernel, for gate (o*G + h)*gates + j.
         static = self.wn_fc2.weight.reshape(out_chs, groups, -1, gates).permute(1, 0, 3, 2)  # (G, out, gates, L)
-        return self._mixture(static, groups, (groups, out_chs, gates), bn)
+        if self.kernel_size == 1 and self.stride == 1:
+            return GatedPointwise(self.wn_fc1, static.permute(1, 0, 2, 3), bn)
+        gate_rows = torch.arange(out_chs * groups * gates).view(out_chs, groups, gates).transpose(0, 1)
+        return self._mixture(static, gate_rows, False, bn)
 
 
 class WeightNetDW(_KernelGenerator):
@@ -222,36 +236,79 @@ class WeightNetDW(_KernelGenerator):
         """The static inference form of ``bn(self(x, x_gap))`` (eval-mode BN; None: this layer alone)."""
         gates = self.wn_fc2.in_channels // self.chs
         static = self.wn_fc2.weight.reshape(1, self.chs, -1, gates).transpose(2, 3)  # (1, chs, gates, k*k)
-        return self._mixture(static, self.chs, (1, self.chs, gates), bn)
+        return self._mixture(static, torch.arange(self.chs * gates).view(1, self.chs, gates), True, bn)
 
 
 class MixtureConv2d(nn.Module):
     """Inference form of a WeightNet layer (see the module docstring): ``sum_j a_j * conv(x, S_j) + bias`` with
-    the gates ``a = sigmoid(wn_fc1(x_gap))`` and the static kernels of ``wn_fc2`` (and a folded BN).
+    the gates ``a = sigmoid(gate_fc(x_gap))`` (``wn_fc1``, rows reordered) and the static kernels ``S_j`` of
+    ``wn_fc2`` (a folded BN's scale in them, its shift in ``bias``).
 
-    The static conv's outputs are ordered (part h, output o, gate j) and the gates (o, h, j), ``mix_shape`` =
-    (parts, outputs, gates per part): the sum runs over parts and gates.
+    The graph is Conv, Sigmoid, Conv, Mul, then the sum over the ``terms`` outputs of each channel: dense, the
+    terms are contiguous blocks of ``out_chs`` channels (slices and adds); depthwise, adjacent channels (a
+    grouped 1x1 conv of ones). No reshape reads the input's shape, so ONNX keeps a dynamic batch for free.
     """
 
-    def __init__(self, wn_fc1: nn.Conv2d, weight, bias, groups: int, mix_shape, stride: int, padding: int):
+    def __init__(
+        self, gate_fc: nn.Conv2d, weight, bias, groups: int, out_chs: int, terms: int, depthwise: bool, stride: int
+    ):
         super().__init__()
-        self.wn_fc1 = wn_fc1
+        self.gate_fc = gate_fc
         self.register_buffer("weight", weight.contiguous())
-        self.register_buffer("bias", bias.view(1, -1, 1, 1).clone())
-        self.groups, self.stride, self.padding = groups, stride, padding
-        self.mix_shape = tuple(mix_shape)
+        self.groups, self.stride, self.padding = groups, stride, weight.shape[-1] // 2
+        self.out_chs, self.terms, self.depthwise = out_chs, terms, depthwise
+        if depthwise and terms > 1:
+            self.register_buffer("term_sum", torch.ones(out_chs, terms, 1, 1))
+        self.register_buffer("bias", bias.clone() if depthwise and terms > 1 else bias.view(1, -1, 1, 1).clone())
 
     def forward(self, x: torch.Tensor, x_gap: torch.Tensor) -> torch.Tensor:
-        parts, out_chs, gates = self.mix_shape
-        n = x.shape[0]
-        a = torch.sigmoid(self.wn_fc1(x_gap))
-        z = F.conv2d(x, self.weight, None, self.stride, self.padding, 1, self.groups)
-        if parts == 1 and gates == 1:  # depthwise with M = G: a per-sample scale of each channel
-            y = z * a.reshape(n, out_chs, 1, 1)
-        else:
-            z = z.reshape(n, parts, out_chs, gates, z.shape[-2], z.shape[-1])
-            y = (z * a.reshape(n, out_chs, parts, gates, 1, 1).transpose(1, 2)).sum((1, 3))
+        z = F.conv2d(x, self.weight, None, self.stride, self.padding, 1, self.groups) * torch.sigmoid(
+            self.gate_fc(x_gap)
+        )
+        if self.terms == 1:
+            return z + self.bias
+        if self.depthwise:
+            return F.conv2d(z, self.term_sum, self.bias, groups=self.out_chs)
+        c = self.out_chs
+        y = z[:, :c] + z[:, c : 2 * c]
+        for i in range(2, self.terms):
+            y = y + z[:, i * c : (i + 1) * c]
         return y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"out_chs={self.out_chs}, terms={self.terms}, depthwise={self.depthwise}, stride={self.stride}"
+
+
+class GatedPointwise(nn.Module):
+    """Inference form of a 1x1, stride-1 WeightNet layer: the per-sample kernel built from the gates and the
+    static parts of ``wn_fc2`` by broadcasting (``W[n, o, h] = sum_j a[n, o, h, j] * S[o, h, j]``, no generator
+    matmul), then one batched matmul over the pixels; a folded BN's scale in ``S``, its shift in ``bias``.
+
+    In onnxruntime this beats :class:`MixtureConv2d` for pointwise layers: two elementwise ops over the feature
+    map (bias, and the block's ReLU) instead of five on twice its size. The reshapes take the spatial size as
+    Python ints, so an ONNX export has constant shapes except the batch (-1)."""
+
+    def __init__(self, wn_fc1: nn.Conv2d, static: torch.Tensor, bn: nn.Module | None):
+        super().__init__()
+        out_chs, parts, gates, fan_in = static.shape  # (out, parts, gates, in / parts)
+        scale, shift = torch.ones(out_chs), torch.zeros(out_chs)
+        if bn is not None:
+            scale, shift = fold_bn(scale, shift, bn)
+        self.gate_fc = wn_fc1
+        self.out_chs, self.in_chs, self.parts, self.gates = out_chs, parts * fan_in, parts, gates
+        self.register_buffer("static", (static * scale.view(-1, 1, 1, 1)).detach().clone())
+        self.register_buffer("bias", shift.view(-1, 1).detach().clone())
+
+    def forward(self, x: torch.Tensor, x_gap: torch.Tensor) -> torch.Tensor:
+        gates = torch.sigmoid(self.gate_fc(x_gap)).reshape(-1, self.out_chs, self.parts, self.gates, 1)
+        weight = gates * self.static
+        weight = (weight if self.gates == 1 else weight.sum(3)).reshape(-1, self.out_chs, self.in_chs)
+        height, width = int(x.shape[2]), int(x.shape[3])
+        y = torch.matmul(weight, x.reshape(-1, self.in_chs, height * width)) + self.bias
+        return y.reshape(-1, self.out_chs, height, width)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_chs}, {self.out_chs}, parts={self.parts}, gates={self.gates}"
 
 
 def set_per_sample_impl(module: nn.Module, impl: str) -> nn.Module:
