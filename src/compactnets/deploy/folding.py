@@ -3,11 +3,12 @@
 The pairs are found by running the model once, not by reading its code: a BN folds into the layer before it
 when its input *is* that layer's output tensor and nothing else reads that tensor (counted on the autograd
 graph of the run). So attribute-style blocks (``self.bn1(self.conv1(x))``) fold as well as ``nn.Sequential``
-ones, and a conv whose output also feeds a residual sum is left alone.
+ones, and a conv whose output also feeds a residual sum, or is changed in place (by an in-place ReLU) before
+the BN reads it, is left alone.
 
 Only layers whose forward is the plain affine map fold: ``nn.Conv2d`` and ``nn.Linear`` themselves (not
 subclasses such as binary convs, whose weights are binarized at run time), and layers that can be written as
-one ``nn.Conv2d`` (:data:`AS_CONV`, e.g. a shared filter basis materialized for its layer).
+plain convs (:data:`AS_CONV`, e.g. a shared filter basis, copied into each layer that uses it).
 """
 
 from __future__ import annotations
@@ -23,16 +24,35 @@ from ..layers import SharedBasisConv2d, fold_bn
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def _shared_basis_as_conv(m: SharedBasisConv2d) -> nn.Conv2d | None:
-    if m.groups != 1 or m.shared.groups != 1:
-        return None  # unique and shared filters in groups: no single conv in the layer's channel order
-    conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, padding=m.padding, dilation=m.dilation, bias=False)
-    conv.weight = nn.Parameter(torch.cat([m.weight, m.shared.weight]).detach().clone())
+class ConcatConv2d(nn.Module):
+    """Convs of one input whose outputs are concatenated (a BN after it folds into each, slice by slice)."""
+
+    def __init__(self, convs: list[nn.Conv2d]):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([conv(x) for conv in self.convs], dim=1)
+
+
+def _plain_conv(weight: torch.Tensor, like: nn.Module, groups: int) -> nn.Conv2d:
+    out_chs, in_per_group = weight.shape[:2]
+    conv = nn.Conv2d(in_per_group * groups, out_chs, like.kernel_size, padding=like.padding, dilation=like.dilation,
+                     groups=groups, bias=False)  # fmt: skip
+    conv.weight = nn.Parameter(weight.detach().clone())
     return conv
 
 
-# Layers that are one convolution in disguise, and how to write them as one (None: not this instance).
-AS_CONV: dict[type, Callable[[nn.Module], nn.Conv2d | None]] = {SharedBasisConv2d: _shared_basis_as_conv}
+def _shared_basis_as_conv(m: SharedBasisConv2d) -> nn.Module:
+    """One conv of ``cat([unique, shared])`` when neither is grouped, else the two convs side by side: the
+    shared basis is copied into each layer, so that each layer's BN can fold into it."""
+    if m.groups == 1 and m.shared.groups == 1:
+        return _plain_conv(torch.cat([m.weight, m.shared.weight]), m, 1)
+    return ConcatConv2d([_plain_conv(m.weight, m, m.groups), _plain_conv(m.shared.weight, m.shared, m.shared.groups)])
+
+
+# Layers that are convolutions in disguise, and how to write them as plain ones.
+AS_CONV: dict[type, Callable[[nn.Module], nn.Module]] = {SharedBasisConv2d: _shared_basis_as_conv}
 
 
 def _foldable(m: nn.Module) -> bool:
@@ -58,17 +78,19 @@ def find_conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[st
     """(layer name, BN name) for every BN that reads only the output of a foldable layer, in one run of
     ``model`` (eval mode) on ``example``. Layers or BNs called more than once are never paired."""
     names = {m: n for n, m in model.named_modules()}
-    outputs: dict[int, tuple[torch.Tensor, nn.Module]] = {}
-    bn_inputs: dict[nn.Module, torch.Tensor] = {}
+    outputs: dict[int, tuple[torch.Tensor, nn.Module, int]] = {}
+    bn_inputs: dict[nn.Module, tuple[torch.Tensor, int]] = {}
     calls: Counter = Counter()
 
     def after_layer(m, args, out):
         calls[m] += 1
-        outputs[id(out)] = (out, m)  # the tensor is kept alive, so its id cannot be reused during the run
+        # The tensor is kept alive, so its id cannot be reused during the run; its version counter tells
+        # whether an in-place op (an in-place ReLU, say) changed it before the BN read it.
+        outputs[id(out)] = (out, m, out._version)
 
     def before_bn(m, args):
         calls[m] += 1
-        bn_inputs[m] = args[0]
+        bn_inputs[m] = (args[0], args[0]._version)
 
     handles = [m.register_forward_hook(after_layer) for m in model.modules() if _foldable(m)]
     handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, _BN)]
@@ -88,9 +110,9 @@ def find_conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[st
         return []
     readers = _consumers(out)
     pairs = []
-    for bn, inp in bn_inputs.items():
+    for bn, (inp, version) in bn_inputs.items():
         source = outputs.get(id(inp))
-        if source is None or source[0] is not inp or calls[bn] != 1 or calls[source[1]] != 1:
+        if source is None or source[0] is not inp or source[2] != version or calls[bn] != 1 or calls[source[1]] != 1:
             continue
         if inp.grad_fn is not None and readers[inp.grad_fn] == 1:
             pairs.append((names[source[1]], names[bn]))
@@ -111,12 +133,24 @@ def fold_batch_norms(model: nn.Module, example: torch.Tensor) -> list[tuple[str,
         layer = model.get_submodule(layer_name)
         if type(layer) in AS_CONV:
             layer = AS_CONV[type(layer)](layer)
-            if layer is None:
-                continue
             _set(model, layer_name, layer)
-        weight, bias = fold_bn(layer.weight, layer.bias, model.get_submodule(bn_name))
-        layer.weight = nn.Parameter(weight.detach().clone())
-        layer.bias = nn.Parameter(bias.detach().clone())
+        bn, start = model.get_submodule(bn_name), 0
+        for conv in layer.convs if isinstance(layer, ConcatConv2d) else [layer]:
+            part = _bn_slice(bn, start, conv.weight.shape[0])
+            start += conv.weight.shape[0]
+            weight, bias = fold_bn(conv.weight, conv.bias, part)
+            conv.weight = nn.Parameter(weight.detach().clone())
+            conv.bias = nn.Parameter(bias.detach().clone())
         _set(model, bn_name, nn.Identity())
         folded.append((layer_name, bn_name))
     return folded
+
+
+def _bn_slice(bn: nn.Module, start: int, size: int) -> nn.Module:
+    """The BN of channels ``start : start + size`` (eval mode), for a layer made of concatenated convs."""
+    if start == 0 and size == bn.num_features:
+        return bn
+    part = nn.BatchNorm2d(size, eps=bn.eps).eval()
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(part, name).data.copy_(getattr(bn, name)[start : start + size])
+    return part
