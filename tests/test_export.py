@@ -16,6 +16,7 @@ import compactnets
 from compactnets.checkpoint import PREPROCESSING_KEYS, save_atomic
 from compactnets.deploy import DeployError, onnx as deploy_onnx
 from compactnets.deploy.onnx import export_onnx, load_onnx
+from compactnets.registry import model_family
 
 # The slowest exports on a 2-core CI machine (over ~2 s each): still run by `make test`.
 SLOW_EXPORTS = {"densenet121_s16u1_cifar100", "resnext50_32x4d_s64u4_cifar100", "resnet34_s48u1_double"}
@@ -43,7 +44,7 @@ def test_every_model_exports_with_a_dynamic_batch_and_matches_pytorch(name, tmp_
         expected = model.pretrained_cfg[key]
         assert meta[key] == (list(expected) if isinstance(expected, tuple) else expected)
     ops = Counter(node.op_type for node in proto.graph.node)
-    if compactnets.model_family(name) in ("micronet", "weightnet"):
+    if model_family(name) in ("micronet", "weightnet"):
         # the exported forms compute no shapes at run time (what made MicroNet and WeightNet slow there)
         assert not ops.keys() & {"Shape", "Split", "Squeeze", "Unsqueeze", "ReduceSum", "Transpose"}, ops
 

@@ -305,6 +305,7 @@ TABLE_COLUMNS = (
     ("latency_ms_median", "median ms", "{:.2f}"),
     ("latency_ms_p90", "p90 ms", "{:.2f}"),
     ("latency_ms_min", "min ms", "{:.2f}"),
+    ("cpu_ms_median", "cpu ms", "{:.2f}"),
     ("throughput_ips", "img/s", "{:.0f}"),
     ("gmacs_per_s", "GMAC/s", "{:.1f}"),
     ("best", "best", "{}"),

@@ -136,7 +136,8 @@ class MergedSeparableConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
-        return out.add_(self._edge_correction(x.shape[-1], out)) if self.has_edges else out
+        # int(): an ONNX trace then takes the cached row as a constant instead of tracing its computation
+        return out.add_(self._edge_correction(int(x.shape[-1]), out)) if self.has_edges else out
 
 
 class GroupConvBN(nn.Module):

@@ -1,0 +1,70 @@
+"""``compactnets bench``: every backend runs, and the table, JSON, CSV and plot have the documented structure
+(times are measured, never asserted)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import compactnets
+from compactnets.deploy import DeployError, bench
+from compactnets.profiler import count_params, flop_counter_macs
+
+ROW_KEYS = {
+    "model", "backend", "kernel", "memory_format", "input_size", "params", "macs", "latency_ms_median",
+    "latency_ms_p90", "latency_ms_min", "cpu_ms_median", "batch", "throughput_ips", "gmacs_per_s",
+}  # fmt: skip
+
+
+def test_run_bench_rows_and_environment():
+    rows, env = bench.run_bench(
+        ["micronet_m0_cifar", "tv:mobilenet_v3_small"], ["eager", "channels_last", "onnxruntime"], threads=1,
+        warmup=1, runs=3, batch=2, batch_runs=1, input_size=(3, 32, 32),
+    )  # fmt: skip
+    assert [(r.model, r.backend) for r in rows] == [
+        (m, b) for m in ("micronet_m0_cifar", "tv:mobilenet_v3_small") for b in ("eager", "channels_last", "onnxruntime")
+    ]
+    for r in rows:
+        assert set(r.as_dict()) == ROW_KEYS and r.input_size == "3x32x32" and r.batch == 2
+        assert 0 < r.latency_ms_min <= r.latency_ms_median <= r.latency_ms_p90 and r.throughput_ips > 0
+        assert r.gmacs_per_s == pytest.approx(r.macs / (r.latency_ms_median / 1e3) / 1e9)
+    assert {r.memory_format for r in rows if r.backend == "channels_last"} == {"NHWC"}
+    model = compactnets.create_model("micronet_m0_cifar").eval()
+    assert rows[0].params == count_params(model)  # the profiler's figures, at the benchmarked input size
+    assert rows[0].macs == flop_counter_macs(model, torch.zeros(1, 3, 32, 32))[0] > 0
+    assert env["threads"] == 1 and env["runs"] == 3 and env["torch"] and env["onnxruntime"] and env["cpu"]
+    table = bench.format_table(rows)
+    assert table.splitlines()[0].split()[:2] == ["model", "backend"] and len(table.splitlines()) == 7
+    assert sum(line.rstrip().endswith("*") for line in table.splitlines()) == 2  # one best backend per model
+
+
+def test_cli_bench_writes_json_csv_and_plot(run_cli, tmp_path):
+    json_path, csv_path, png = tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.png"
+    status, out, err = run_cli(
+        "bench", "nin_xnornet", "tv:resnet18", "--backend", "eager", "onnxruntime", "--runs", "2", "--warmup", "1",
+        "--batch", "1", "--input-size", "3", "32", "32", "--json", json_path, "--csv", csv_path, "--plot", png,
+    )  # fmt: skip
+    assert status == 0, err
+    assert "AMD" in out or "Intel" in out or "thread(s)" in out
+    data = json.loads(json_path.read_text())
+    assert set(data) == {"environment", "results"} and len(data["results"]) == 4
+    assert all(set(r) == ROW_KEYS and r["throughput_ips"] is None for r in data["results"])
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and ROW_KEYS <= set(rows[0]) and rows[0]["threads"] == "1"
+    assert [r["model"] for r in rows] == ["nin_xnornet", "nin_xnornet", "tv:resnet18", "tv:resnet18"]
+    matplotlib = pytest.importorskip("matplotlib")
+    image = matplotlib.image.imread(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.shape[0] > 300 and image.shape[1] > 300
+
+
+def test_bench_input_errors(run_cli):
+    with pytest.raises(DeployError, match="unknown backend"):
+        bench.run_bench(["nin"], ["tensorrt"])
+    status, _, err = run_cli("bench", "no_such_*", "--runs", "1")
+    assert status == 2 and "no registered model matches" in err
+    status, _, err = run_cli("bench", "tv:no_such_net", "--runs", "1", "--backend", "eager")
+    assert status == 2 and "tv:no_such_net" in err and "Traceback" not in err
