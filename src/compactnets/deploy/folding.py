@@ -93,7 +93,8 @@ def find_conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[st
         bn_inputs[m] = (args[0], args[0]._version)
 
     handles = [m.register_forward_hook(after_layer) for m in model.modules() if _foldable(m)]
-    handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, _BN)]
+    # Exact types: subclasses may do more than normalise (timm's BatchNormAct2d applies its activation too).
+    handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if type(m) in _BN]
     # The graph is recorded through the parameters (not the input: in-place ops on input views would refuse).
     frozen = [p for p in model.parameters() if not p.requires_grad]
     try:
