@@ -24,9 +24,9 @@ def test_run_bench_rows_and_environment():
         ["micronet_m0_cifar", "tv:mobilenet_v3_small"], ["eager", "channels_last", "onnxruntime"], threads=1,
         warmup=1, runs=3, batch=2, batch_runs=1, input_size=(3, 32, 32),
     )  # fmt: skip
-    assert [(r.model, r.backend) for r in rows] == [
-        (m, b) for m in ("micronet_m0_cifar", "tv:mobilenet_v3_small") for b in ("eager", "channels_last", "onnxruntime")
-    ]
+    backends = ("eager", "channels_last", "onnxruntime")
+    models = ("micronet_m0_cifar", "tv:mobilenet_v3_small")
+    assert [(r.model, r.backend) for r in rows] == [(m, b) for m in models for b in backends]
     for r in rows:
         assert set(r.as_dict()) == ROW_KEYS and r.input_size == "3x32x32" and r.batch == 2
         assert 0 < r.latency_ms_min <= r.latency_ms_median <= r.latency_ms_p90 and r.throughput_ips > 0

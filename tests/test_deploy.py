@@ -51,10 +51,17 @@ def test_inference_form_equals_the_model_for_every_model(name):
     assert _bn_count(model) > 0 and not any(p.requires_grad for p in form.parameters())
 
 
+class _BatchNormReLU(nn.BatchNorm2d):
+    """A BN subclass that does more than normalise (as timm's BatchNormAct2d): never folded."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
 class _Block(nn.Module):
     """conv -> BN (folds); conv -> BN whose conv output also feeds a sum (must not fold); conv -> in-place ReLU
-    -> BN (must not fold: the BN reads the same tensor object, changed); binary conv -> BN (kept); linear -> BN1d
-    (folds)."""
+    -> BN (must not fold: the BN reads the same tensor object, changed); binary conv -> BN (kept); conv -> a BN
+    subclass (kept); linear -> BN1d (folds)."""
 
     def __init__(self):
         super().__init__()
@@ -63,6 +70,7 @@ class _Block(nn.Module):
         self.conv3, self.bn5 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
         self.binary, self.bn3 = BinaryConv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
         self.fc, self.bn4 = nn.Linear(4, 5), nn.BatchNorm1d(5)
+        self.conv4, self.bn6 = nn.Conv2d(4, 4, 1), _BatchNormReLU(4)
 
     def forward(self, x):
         x = torch.relu(self.bn1(self.conv1(x)))
@@ -70,6 +78,7 @@ class _Block(nn.Module):
         x = self.bn2(y) + y
         x = self.bn5(torch.relu_(self.conv3(x)))
         x = self.bn3(self.binary(torch.sign(x)))
+        x = self.bn6(self.conv4(x))
         return self.bn4(self.fc(x.mean((2, 3))))
 
 
@@ -81,7 +90,7 @@ def test_folding_follows_the_data_flow():
         expected = model(x)
     assert fold_batch_norms(model, x) == [("conv1", "bn1"), ("fc", "bn4")]
     assert isinstance(model.bn1, nn.Identity) and isinstance(model.bn4, nn.Identity)
-    assert all(isinstance(bn, nn.BatchNorm2d) for bn in (model.bn2, model.bn3, model.bn5))
+    assert all(isinstance(bn, nn.BatchNorm2d) for bn in (model.bn2, model.bn3, model.bn5, model.bn6))
     with torch.no_grad():
         assert torch.allclose(model(x), expected, atol=1e-5)
 

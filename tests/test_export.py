@@ -14,7 +14,8 @@ from test_deploy import randomize_bn, small_input_size
 
 import compactnets
 from compactnets.checkpoint import PREPROCESSING_KEYS, save_atomic
-from compactnets.deploy import DeployError, onnx as deploy_onnx
+from compactnets.deploy import DeployError
+from compactnets.deploy import onnx as deploy_onnx
 from compactnets.deploy.onnx import export_onnx, load_onnx
 from compactnets.registry import model_family
 

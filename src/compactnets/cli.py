@@ -176,10 +176,10 @@ def _bench(args, parser, argv):
         elif target:
             Path(target).write_text(write(rows, env))
     if args.plot:
-        bench.plot(rows, env, args.plot)
+        bench.plot(rows, env, args.plot, args.metric)
     if "-" not in (args.json, args.csv):
         print(bench.environment_line(env))
-        print(bench.format_table(rows, markdown=args.markdown))
+        print(bench.format_table(rows, markdown=args.markdown, metric=args.metric))
 
 
 def _profile(args, parser, argv):
@@ -347,6 +347,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="write CSV (no FILE: to stdout)")
     p.add_argument("--plot", metavar="FILE.png", help="latency against MACs, log-log (needs matplotlib)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument(
+        "--metric",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="latency for the best-backend mark and the plot: wall-clock median (default) or CPU-time median"
+        " (steadier on a shared machine)",
+    )
 
     p = command("profile", "parameters, MACs, binary MACs and size beside the published figures", _profile)
     p.add_argument("models", nargs="*", help="model names")
