@@ -29,6 +29,7 @@ def _train(args, parser, argv):
     if args.resume:
         defaults = stored_args(args.resume)
         defaults.pop("resume", None)
+        defaults.setdefault("fast_data", "off")  # a run from before the fast path keeps its DataLoader batches
         defaults["output"] = str(resume_checkpoint_path(args.resume).parent)
     elif args.recipe:
         defaults = recipe_defaults(parser, args.recipe)
