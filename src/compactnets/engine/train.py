@@ -41,7 +41,7 @@ from ..data import detect_kind
 from ..data.datasets import KINDS
 from ..data.transforms import AUGMENTATIONS
 from ..registry import create_model, get_model_cfg, parse_model_kwargs
-from .distributed import init_distributed, resolve_device, shutdown_distributed
+from .distributed import device_description, init_distributed, resolve_device, shutdown_distributed
 from .evaluate import evaluate
 from .loaders import FAST_DATA_CHOICES, build_training_data
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
@@ -332,7 +332,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     if args.steps:
         args.epochs = math.ceil(args.steps / iters_per_epoch)
     amp, amp_reason = resolve_amp(args.amp, device)
-    args.amp_resolved = amp
+    args.amp_resolved, args.device_resolved = amp, device_description(device)  # recorded in args.json
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
