@@ -16,8 +16,8 @@ shortens = "nin_cifar10"
 [train]
 model = "nin"
 model_kwargs = ["channels=[16,16,16,16,16,16,16,16]"]
-train_limit = 200
-eval_limit = 100
+train_limit = 100
+eval_limit = 50
 epochs = 1
 batch_size = 50
 """
