@@ -11,6 +11,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 import compactnets.data.memory as memory
+from compactnets.checkpoint import load_file, save_atomic
 from compactnets.data import train_transform
 from compactnets.data.datasets import subset_indices
 from compactnets.data.memory import DecodedSplit, DeviceBatches, FastDataUnavailable, check_fast_path, decode_split
@@ -179,6 +180,13 @@ def test_cli_chooses_refuses_and_records(run_cli, tmp_path):
     assert options["fast_data"] == "auto" and options["fast_data_resolved"] == "on"
     assert options["amp"] == "auto" and options["amp_resolved"] == resolve_amp("auto", torch.device("cpu"))[0]
     assert f"precision: {'torch.bfloat16' if options['amp_resolved'] == 'bf16' else 'torch.float32'}" in out
+
+    # A run from before the fast path (no fast_data in its options) resumes on the DataLoader path.
+    ckpt = load_file(tmp_path / "fast" / "last.pth")
+    del ckpt["args"]["fast_data"]
+    save_atomic(ckpt, tmp_path / "fast" / "last.pth")
+    status, out, _ = run_cli("train", "--resume", tmp_path / "fast", "--epochs", "2")
+    assert status == 0 and "data: torchvision DataLoader" in out and "epoch 2/2" in out
 
     status, out, _ = run_cli("train", *common, "--color-jitter", "0.2", "--output", tmp_path / "jitter")
     assert status == 0 and "fast data path off: " in out and "data: torchvision DataLoader" in out
