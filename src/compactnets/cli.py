@@ -1,4 +1,4 @@
-"""The ``compactnets`` command: train, eval, predict, profile, list and convert."""
+"""The ``compactnets`` command: train, eval, predict, profile, list, reproduce and convert."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from .checkpoint import CheckpointError
 from .data import DataError, ImageReadError
 from .deploy import DeployError
 from .engine.recipes import RecipeError
+from .engine.reproduce import ReproduceError
 from .registry import ModelArgumentError, UnknownModelError
 from .safe_pickle import UnsafePickleError
 
 # Errors that describe bad input: printed as one line, exit status 2. Anything else is a bug: traceback.
 USER_ERRORS = (
     UnknownModelError, DataError, ImageReadError, CheckpointError, RecipeError, UnsafePickleError,
-    ModelArgumentError, FileNotFoundError, FloatingPointError, DeployError,
+    ModelArgumentError, FileNotFoundError, FloatingPointError, ReproduceError, DeployError,
 )  # fmt: skip
 
 
@@ -31,6 +32,7 @@ def _train(args, parser, argv):
     if args.resume:
         defaults = stored_args(args.resume)
         defaults.pop("resume", None)
+        defaults.setdefault("fast_data", "off")  # a run from before the fast path keeps its DataLoader batches
         defaults["output"] = str(resume_checkpoint_path(args.resume).parent)
     elif args.recipe:
         defaults = recipe_defaults(parser, args.recipe)
@@ -241,6 +243,12 @@ def _list(args, parser, argv):
         print("  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip())
 
 
+def _reproduce(args, parser, argv):
+    from .engine.reproduce import main
+
+    main(args)
+
+
 def _convert(args, parser, argv):
     from .convert import convert_checkpoint
     from .registry import parse_model_kwargs
@@ -261,6 +269,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     from .data.datasets import KINDS
     from .deploy import FORMATS
     from .deploy.bench import BACKENDS, DEFAULT_ANCHORS
+    from .engine.reproduce import add_reproduce_args
     from .engine.train import add_train_args
     from .profiler import CONVENTIONS
     from .registry import list_families
@@ -370,6 +379,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--family", choices=list_families())
     p.add_argument("--recipes", action="store_true", help="list the training recipes instead")
     p.add_argument("--json", action="store_true")
+
+    p = command("reproduce", "train the rows of a published table; table of published vs measured top-1", _reproduce)
+    add_reproduce_args(p)
 
     p = command("convert", "convert an official checkpoint into a compactnets checkpoint", _convert)
     p.add_argument("--family", required=True, choices=list_families())
