@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_deploy import randomize_bn, small_input_size
+from test_deploy import every_model, randomize_bn, small_input_size
 
 import compactnets
 from compactnets.checkpoint import PREPROCESSING_KEYS, save_atomic
@@ -19,15 +19,8 @@ from compactnets.deploy import onnx as deploy_onnx
 from compactnets.deploy.onnx import export_onnx, load_onnx
 from compactnets.registry import model_family
 
-# The slowest exports on a 2-core CI machine (over ~2 s each): still run by `make test`.
-SLOW_EXPORTS = {"densenet121_s16u1_cifar100", "resnext50_32x4d_s64u4_cifar100", "resnet34_s48u1_double"}
 
-
-def _models():
-    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPORTS else n for n in compactnets.list_models()]
-
-
-@pytest.mark.parametrize("name", _models())
+@pytest.mark.parametrize("name", every_model())
 def test_every_model_exports_with_a_dynamic_batch_and_matches_pytorch(name, tmp_path):
     model = compactnets.create_model(name).eval()
     randomize_bn(model)
