@@ -1,0 +1,235 @@
+"""timm's model contract (huggingface/pytorch-image-models ``tests/test_models.py``) for every registered model.
+
+The same assertions as timm's ``test_model_forward``, ``test_model_backward``, ``test_model_default_cfgs``,
+``test_model_forward_features``, ``test_model_forward_intermediates(_features)``,
+``test_model_forward_torchscript``, ``test_model_forward_fx``, ``test_model_backward_fx`` and
+``test_model_forward_fx_torchscript``, plus ``torch.export`` with a dynamic batch and pretrained loading from a
+local file, through ``timm.create_model`` and ``compactnets.create_model``. Stricter than timm where it is
+cheap: scripted, traced and exported models must give the eager logits, ``forward_intermediates`` the
+``forward_features`` map, and ``reset_classifier(0)`` the ``forward_head(pre_logits=True)`` values.
+
+Inputs are small (32x32, 64x64 for ImageNet models where a map is checked); ``pool_size`` is checked at the
+default input size as timm does.
+"""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import compactnets
+from compactnets.checkpoint import save_atomic
+
+timm = pytest.importorskip("timm")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+ALL_MODELS = compactnets.list_models()
+# One model per distinct code path (family, block kinds, stems, heads) for the slowest checks.
+EXPORT_MODELS = [
+    "micronet_m0_cifar",
+    "micronet_m3",
+    "mobilenetv2_shared",
+    "mobilenetv2_shared_cifar100",
+    "nin_gc_xnornet",
+    "nin_k3",
+    "resnet32_s16u1_double_cifar10",
+    "resnet34_s32u1",
+    "resnext50_32x4d_s64u4_cifar100",
+    "densenet121_s16u1_cifar100",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x0_5_wn1x",
+]
+
+
+def _create(name, **kwargs):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm's BGR warning (tested on its own)
+        return timm.create_model(name, **kwargs)
+
+
+def _size(model, small=32):
+    """(C, H, W) no larger than ``small`` (ImageNet models: 64, so every level keeps a map)."""
+    c, h, w = model.pretrained_cfg["input_size"]
+    side = small if h <= 32 else 2 * small
+    return c, min(h, side), min(w, side)
+
+
+def _randomize_bn(model):
+    """Non-trivial BN statistics, so eval-mode outputs depend on every layer."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def _check_feature_maps(outputs, channels, reductions, size, batch):
+    assert len(outputs) == len(channels) == len(reductions)
+    for out, chs, r in zip(outputs, channels, reductions, strict=True):
+        assert out.shape[:2] == (batch, chs)
+        for side, measured in zip(size, out.shape[-2:], strict=True):
+            # timm's bound; and not coarser than the advertised stride (the measured stride matches)
+            assert side // r <= measured <= math.ceil(side / r) + 1, (r, side, measured)
+        assert not torch.isnan(out).any()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_backward_and_default_cfg(name):
+    """timm's test_model_forward, test_model_backward and test_model_default_cfgs."""
+    model = _create(name).eval()
+    cfg = model.default_cfg
+    assert cfg is model.pretrained_cfg and model.num_classes >= 0 and model.num_features > 0
+    assert model.head_hidden_size > 0
+    x = torch.randn(1, *_size(model))
+    assert model(x).shape == (1, cfg["num_classes"]) and not torch.isnan(model(x)).any()
+
+    # forward_features at the default input size is unpooled, pool_size big; pre-logits are head_hidden_size
+    big = torch.randn(1, *cfg["input_size"])
+    with torch.no_grad():
+        features = model.forward_features(big)
+        pre_logits = model.forward_head(features, pre_logits=True)
+    assert features.shape[-2:] == tuple(cfg["pool_size"]) and features.shape[1] == model.num_features
+    assert pre_logits.shape == (1, model.head_hidden_size)
+    model.reset_classifier(0)
+    assert model.num_classes == 0
+    with torch.no_grad():
+        pooled = model(big)
+    assert pooled.shape == (1, model.head_hidden_size) and torch.allclose(pooled, pre_logits, atol=1e-6)
+    model.reset_classifier(0, "")
+    assert model(x).shape[-2:] == model.forward_features(x).shape[-2:]
+    with torch.no_grad():
+        assert _create(name, num_classes=0, global_pool="").eval()(big).shape[-2:] == tuple(cfg["pool_size"])
+    state = model.state_dict()
+    assert cfg["first_conv"] + ".weight" in state
+    assert cfg["classifier"] + ".weight" in _create(name).state_dict()
+
+    # backward with a new classifier: every parameter gets a gradient
+    model = _create(name, num_classes=42).train()
+    out = model(torch.randn(2, *_size(model)))
+    assert out.shape == (2, 42)
+    out.mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert model.pretrained_cfg["num_classes"] == 42 and "top1" not in model.pretrained_cfg["reference"]
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_features_and_intermediates(name):
+    """timm's test_model_forward_features, test_model_forward_intermediates(_features); hooks measure the
+    strides of feature_info; forward_intermediates' final map is forward_features'."""
+    model = _randomize_bn(_create(name)).eval()
+    size = _size(model)
+    x = torch.randn(1, *size)
+    info = timm.models.FeatureInfo(model.feature_info, range(len(model.feature_info)))
+    channels, reductions = info.channels(), info.reduction()
+    assert len(channels) >= 3
+
+    hooked = {}
+    hooks = [
+        model.get_submodule(i["module"]).register_forward_hook(lambda m, a, o, k=i["module"]: hooked.setdefault(k, o))
+        for i in model.feature_info
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    _check_feature_maps([hooked[i["module"]] for i in model.feature_info], channels, reductions, size[1:], 1)
+
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))
+        for got, module in zip(intermediates, (i["module"] for i in model.feature_info), strict=True):
+            assert torch.equal(got, hooked[module])
+        assert len(model.forward_intermediates(x, indices=2, intermediates_only=True)) == 2
+        last_two = model.forward_intermediates(x, indices=[-2, -1], stop_early=True, intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(last_two, intermediates[-2:], strict=True))
+        early, first = model.forward_intermediates(x, indices=[0], stop_early=True)
+        assert torch.equal(early, intermediates[0]) and torch.equal(first[0], intermediates[0])
+
+    for features in (
+        _create(name, features_only=True),
+        _create(name, features_only=True, out_indices=(0, 2)),
+        compactnets.create_model(name, features_only=True, out_indices=(-1,)),
+    ):
+        features.model.load_state_dict(model.state_dict(), strict=False)  # pruned: fewer keys
+        features.eval()
+        with torch.no_grad():
+            outputs = features(x)
+        _check_feature_maps(outputs, features.feature_info.channels(), features.feature_info.reduction(), size[1:], 1)
+        taken = features.feature_info.out_indices
+        assert all(torch.equal(o, intermediates[i]) for o, i in zip(outputs, taken, strict=True))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_torchscript_and_fx_give_the_eager_logits(name):
+    """timm's test_model_forward_torchscript, test_model_forward_fx, test_model_forward_fx_torchscript and
+    test_model_backward_fx, with scripted and traced logits equal to eager ones."""
+    model = _randomize_bn(_create(name)).eval()
+    x = torch.randn(2, *_size(model))
+    with torch.inference_mode():
+        expected = model(x)
+    scripted = torch.jit.script(model)
+    traced = torch.fx.symbolic_trace(model)
+    with torch.inference_mode():
+        assert torch.allclose(scripted(x), expected, rtol=1e-5, atol=1e-6)
+        assert torch.equal(traced(x), expected)
+        assert torch.allclose(torch.jit.script(traced)(x), expected, rtol=1e-5, atol=1e-6)
+
+    model = _create(name, num_classes=42).train()
+    traced = torch.fx.symbolic_trace(model)
+    out = traced(torch.randn(2, *_size(model)))
+    out.mean().backward()
+    assert out.shape == (2, 42)
+    missing = [n for n, p in traced.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPORT_MODELS)
+def test_torch_export_with_a_dynamic_batch(name):
+    model = _randomize_bn(_create(name)).eval()
+    x = torch.randn(3, *_size(model))
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(model, (x[:2],), dynamic_shapes=({0: batch},)).module()
+    with torch.no_grad():
+        for n in (1, 3):
+            assert torch.allclose(exported(x[:n]), model(x[:n]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_pretrained_from_a_local_file(name, tmp_path):
+    """timm's test_model_load_pretrained (in_chans=1, num_classes=5 and 0) from a local safetensors file,
+    through timm (pretrained_cfg_overlay, checkpoint_path) and compactnets."""
+    source = _randomize_bn(_create(name))
+    state = source.state_dict()
+    path = tmp_path / f"{name}.safetensors"
+    safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()}, path)
+    cfg = source.pretrained_cfg
+    head = source.get_classifier()
+    head_prefix = next(n for n, m in source.named_modules() if m is head) + "."
+    first_conv = cfg["first_conv"] + ".weight"
+
+    same = compactnets.create_model(name, pretrained=path)
+    assert all(torch.equal(v, state[k]) for k, v in same.state_dict().items())
+    overlay = _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert all(torch.equal(v, state[k]) for k, v in overlay.state_dict().items())
+    torch_file = tmp_path / f"{name}.pth"
+    save_atomic({"state_dict": state}, torch_file)
+    assert torch.equal(_create(name, checkpoint_path=str(torch_file)).state_dict()[first_conv], state[first_conv])
+
+    headless = _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=0).eval()
+    source.eval().reset_classifier(0)
+    x = torch.randn(2, *_size(source))
+    with torch.no_grad():
+        assert torch.allclose(headless(x), source(x), atol=1e-6) and headless(x).shape[1] == source.head_hidden_size
+
+    five = compactnets.create_model(name, pretrained=path, num_classes=5, in_chans=1)
+    five_state = five.state_dict()
+    assert five.num_classes == 5 and five_state[cfg["classifier"] + ".weight"].shape[0] == 5
+    assert torch.allclose(five_state[first_conv], state[first_conv].sum(1, keepdim=True))
+    kept = [k for k in five_state if not k.startswith(head_prefix) and k != first_conv]
+    assert kept and all(torch.equal(five_state[k], state[k]) for k in kept)
+    assert five(torch.randn(2, 1, *_size(five)[1:])).shape == (2, 5)
