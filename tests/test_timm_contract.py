@@ -12,17 +12,31 @@ Inputs are small (32x32, 64x64 for ImageNet models where a map is checked); ``po
 default input size as timm does.
 """
 
+import copy
+import dataclasses
 import math
 import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import compactnets
-from compactnets.checkpoint import save_atomic
+from compactnets import registry, timm_bridge
+from compactnets.checkpoint import CheckpointError, save_atomic
+from compactnets.convert import convert_checkpoint
+from compactnets.data import eval_transform
+from compactnets.models.shufflenetv2 import MEGENGINE_MEAN
 
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+
+# As timm's tests: the profiling executor's optimisation runs are slow and irrelevant here.
+torch._C._jit_set_profiling_executor(True)
+torch._C._jit_set_profiling_mode(False)
 
 ALL_MODELS = compactnets.list_models()
 # One model per distinct code path (family, block kinds, stems, heads) for the slowest checks.
@@ -101,7 +115,7 @@ def test_forward_backward_and_default_cfg(name):
     model.reset_classifier(0, "")
     assert model(x).shape[-2:] == model.forward_features(x).shape[-2:]
     with torch.no_grad():
-        assert _create(name, num_classes=0, global_pool="").eval()(big).shape[-2:] == tuple(cfg["pool_size"])
+        assert _create(name, num_classes=0, global_pool="").eval()(x).shape == model.forward_features(x).shape
     state = model.state_dict()
     assert cfg["first_conv"] + ".weight" in state
     assert cfg["classifier"] + ".weight" in _create(name).state_dict()
@@ -214,8 +228,6 @@ def test_pretrained_from_a_local_file(name, tmp_path):
 
     same = compactnets.create_model(name, pretrained=path)
     assert all(torch.equal(v, state[k]) for k, v in same.state_dict().items())
-    overlay = _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    assert all(torch.equal(v, state[k]) for k, v in overlay.state_dict().items())
     torch_file = tmp_path / f"{name}.pth"
     save_atomic({"state_dict": state}, torch_file)
     assert torch.equal(_create(name, checkpoint_path=str(torch_file)).state_dict()[first_conv], state[first_conv])
@@ -233,3 +245,140 @@ def test_pretrained_from_a_local_file(name, tmp_path):
     kept = [k for k in five_state if not k.startswith(head_prefix) and k != first_conv]
     assert kept and all(torch.equal(five_state[k], state[k]) for k in kept)
     assert five(torch.randn(2, 1, *_size(five)[1:])).shape == (2, 5)
+
+
+# --- pretrained tags, converted checkpoints, data config ----------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bundled_tag(tmp_path, monkeypatch):
+    """nin_xnornet with a 'cifar10_short' tag whose weights are a small safetensors file (the lead bundles the
+    real ones), registered in compactnets and timm; returns the weights."""
+    torch.manual_seed(3)
+    weights = _randomize_bn(compactnets.create_model("nin_xnornet")).state_dict()
+    path = tmp_path / "nin_xnornet.cifar10_short.safetensors"
+    safetensors_torch.save_file({k: v.contiguous() for k, v in weights.items()}, path)
+    entry = registry._models["nin_xnornet"]
+    tagged = copy.deepcopy(entry.cfg) | {
+        "tag": "cifar10_short",
+        "file": str(path),  # absolute here; bundled files are relative to the package
+        "training": dict(recipe="nin_xnornet_cifar10_short", epochs=12, data="CIFAR-10 train", top1=80.0),
+    }
+    cfgs = registry._order_tags({"": entry.cfg, "cifar10_short": tagged})
+    monkeypatch.setitem(registry._models, "nin_xnornet", dataclasses.replace(entry, cfgs=cfgs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm warns that it overwrites its entry
+        timm_bridge.register_all()
+    yield weights
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        timm_bridge.register_all()
+
+
+def _equal_state(model, weights):
+    state = model.state_dict()
+    return state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in weights)
+
+
+def test_pretrained_tags_load_the_bundled_file(bundled_tag):
+    assert compactnets.list_models("nin*", pretrained=True) == ["nin_xnornet.cifar10_short"]
+    assert compactnets.list_models("nin_x*") == ["nin_xnornet"]
+    tagged = compactnets.create_model("nin_xnornet.cifar10_short", pretrained=True)
+    assert _equal_state(tagged, bundled_tag)
+    assert tagged.pretrained_cfg["tag"] == "cifar10_short" and tagged.pretrained_cfg["training"]["top1"] == 80.0
+    # the tag with weights is the default: the architecture alone means it, in Python, timm and torch.hub
+    assert _equal_state(compactnets.create_model("nin_xnornet", pretrained=True), bundled_tag)
+    assert _equal_state(timm.create_model("nin_xnornet.cifar10_short", pretrained=True), bundled_tag)
+    assert _equal_state(timm.create_model("nin_xnornet", pretrained=True), bundled_tag)
+    assert "nin_xnornet.cifar10_short" in timm.list_pretrained("nin*")
+    hub = torch.hub.load(str(REPO_ROOT), "nin_xnornet", source="local", pretrained=True)
+    assert _equal_state(hub, bundled_tag)
+    # a new head: the pretrained classifier is dropped, and so are the accuracies of the config
+    tuned = compactnets.create_model("nin_xnornet.cifar10_short", pretrained=True, num_classes=100)
+    assert "top1" not in tuned.pretrained_cfg["training"] and "top1" not in tuned.pretrained_cfg["reference"]
+    assert tuned.pretrained_cfg["num_classes"] == 100
+    with pytest.raises(registry.UnknownModelError, match="unknown pretrained tag 'nin_xnornet.cifar100'"):
+        compactnets.create_model("nin_xnornet.cifar100")
+
+
+def test_pretrained_true_without_weights_keeps_its_error(bundled_tag):
+    with pytest.raises(ValueError, match="bundles no weights for 'nin'.*convert --family xnor-net"):
+        timm.create_model("nin", pretrained=True)
+
+
+def test_pth_weights_load_without_pickle(tmp_path):
+    model = compactnets.create_model("nin")
+    path = tmp_path / "nin.pth"
+    torch.save(model.state_dict(), path)
+    assert _equal_state(compactnets.create_model("nin", pretrained=path), model.state_dict())
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        compactnets.create_model("nin", pretrained=bad)
+
+
+def test_converted_checkpoint_model_kwargs_are_applied(tmp_path):
+    """`compactnets convert --model-kwargs center_weights=False` stores them; loading applies them."""
+    torch.manual_seed(0)
+    official = compactnets.create_model("nin_gc_xnornet", center_weights=False).eval()
+    src = tmp_path / "official.pth"
+    save_atomic({"model_state_dict": official.state_dict()}, src)
+    convert_checkpoint("xnor-net", "nin_gc_xnornet", src, tmp_path / "c.pth", {"center_weights": False})
+    x = torch.randn(2, 3, 32, 32)
+    for loaded in (
+        compactnets.create_model("nin_gc_xnornet", pretrained=tmp_path / "c.pth"),
+        torch.hub.load(str(REPO_ROOT), "nin_gc_xnornet", source="local", pretrained=str(tmp_path / "c.pth")),
+    ):
+        assert not loaded.sequential[1].conv.center
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(x), official(x))
+
+
+def test_densenet_official_basis_reuse_reproduces_forward_and_regulariser(tmp_path):
+    torch.manual_seed(0)
+    model = compactnets.create_model("densenet121_s16u1_cifar100", official_basis_reuse=True)
+    block4 = model.features.dense_block_layer_3
+    assert all(layer.basis_conv2.shared is model.shared_basis_3 for layer in block4)
+    assert "shared_basis_4.weight" in model.state_dict()
+    # the official regulariser: mean of (B B^T - I)^2 over the four bases, the unused fourth included
+    bases = [getattr(model, f"shared_basis_{i}").weight.flatten(1) for i in (1, 2, 3, 4)]
+    terms = [(b @ b.T - torch.eye(b.shape[0])).square() for b in bases]
+    expected = sum(t.sum() for t in terms) / sum(t.numel() for t in terms)
+    assert torch.allclose(model.auxiliary_loss(), expected)
+
+    # conversion uses it: the official shared_basis_4 is kept, block 4 runs basis 3, no warning
+    official = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in model.state_dict().items()}
+    for key in [k for k in official if k.endswith(".bn0.weight")]:  # the per-bottleneck copies of the bases
+        block = int(key.split("dense_block_layer_")[1][0])
+        official[key.replace("bn0.weight", "shared_basis.weight")] = official[
+            f"shared_basis_{min(block + 1, 3)}.weight"
+        ]
+    save_atomic({"net_state_dict": official}, tmp_path / "official.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_checkpoint("shared-bases", "densenet121_s16u1_cifar100", tmp_path / "official.pth", tmp_path / "c.pth")
+    converted = compactnets.create_model("densenet121_s16u1_cifar100", pretrained=tmp_path / "c.pth")
+    assert converted.official_basis_reuse
+    assert torch.equal(converted.shared_basis_4.weight, official["shared_basis_4.weight"])
+    bases = [official[f"shared_basis_{i}.weight"].flatten(1) for i in (1, 2, 3, 4)]
+    terms = [(b @ b.T - torch.eye(b.shape[0])).square() for b in bases]
+    assert torch.allclose(converted.auxiliary_loss(), sum(t.sum() for t in terms) / sum(t.numel() for t in terms))
+
+
+def test_timm_data_config_is_not_misleading():
+    with pytest.warns(UserWarning, match=r"shufflenet_v2_x0_5 expects BGR.*compactnets.data.eval_transform"):
+        model = timm.create_model("shufflenet_v2_x0_5")
+    config = timm.data.resolve_model_data_config(model)
+    assert config["mean"] == pytest.approx(tuple(m / 255 for m in MEGENGINE_MEAN))
+    assert "expects BGR" in model.pretrained_cfg["notes"]
+    # the compactnets transform of the timm-made config is the same function as of the native one
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 260, 3), dtype=np.uint8))
+    native = eval_transform(compactnets.get_model_cfg("shufflenet_v2_x0_5"))(image)
+    assert torch.allclose(eval_transform(model.pretrained_cfg)(image), native, atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = timm.create_model("micronet_m0")
+    assert timm.data.resolve_model_data_config(rgb)["mean"] == pytest.approx((0.485, 0.456, 0.406))

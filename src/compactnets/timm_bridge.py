@@ -75,9 +75,10 @@ def _entrypoint(name: str):
         inner = getattr(model, "model", model)  # the model inside a feature extractor
         # timm's fields and compactnets', with the normalisation in timm's terms (0-1 pixels; the same function)
         own_cfg.update(_timm_normalisation(own_cfg), pixel_range=1.0)
-        inner.pretrained_cfg = inner.default_cfg = {**resolved, **own_cfg}
         if own_cfg["channel_order"] != "RGB":
+            own_cfg["notes"] = f"{bgr_warning(tagged)} {own_cfg['notes']}".strip()
             warnings.warn(bgr_warning(tagged), UserWarning, stacklevel=3)
+        inner.pretrained_cfg = inner.default_cfg = {**resolved, **own_cfg}
         return model
 
     fn.__name__ = fn.__qualname__ = name

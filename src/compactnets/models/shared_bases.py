@@ -18,8 +18,9 @@ structure that ptflops (the README's FLOPs) sees. Deliberate differences, none o
 * unique and shared filters run as one convolution (:class:`~compactnets.layers.SharedBasisConv2d`);
 * DenseNet: the official constructor builds four shared bases but, through a stale loop index, its last dense
   block runs ``shared_basis_3``, so ``shared_basis_4`` is never used (yet counted and regularised). Here dense
-  block k runs basis k. Converted official checkpoints give the official outputs (block 4's basis becomes the
-  official ``shared_basis_3``); trained from scratch, block 4 has a basis of its own.
+  block k runs basis k by default, so trained from scratch block 4 has a basis of its own;
+  ``official_basis_reuse=True`` reproduces the official model exactly (forward and regulariser, with the
+  official ``shared_basis_4`` kept), and ``compactnets convert`` builds converted checkpoints that way.
 """
 
 import warnings
