@@ -101,16 +101,15 @@ def test_forward_backward_and_default_cfg(name):
     assert model(x).shape == (1, cfg["num_classes"]) and not torch.isnan(model(x)).any()
 
     # forward_features at the default input size is unpooled, pool_size big; pre-logits are head_hidden_size
-    big = torch.randn(1, *cfg["input_size"])
     with torch.no_grad():
-        features = model.forward_features(big)
-        pre_logits = model.forward_head(features, pre_logits=True)
+        features = model.forward_features(torch.randn(1, *cfg["input_size"]))
+        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
     assert features.shape[-2:] == tuple(cfg["pool_size"]) and features.shape[1] == model.num_features
     assert pre_logits.shape == (1, model.head_hidden_size)
     model.reset_classifier(0)
     assert model.num_classes == 0
     with torch.no_grad():
-        pooled = model(big)
+        pooled = model(x)
     assert pooled.shape == (1, model.head_hidden_size) and torch.allclose(pooled, pre_logits, atol=1e-6)
     model.reset_classifier(0, "")
     assert model(x).shape[-2:] == model.forward_features(x).shape[-2:]
@@ -177,6 +176,7 @@ def test_features_and_intermediates(name):
         assert all(torch.equal(o, intermediates[i]) for o, i in zip(outputs, taken, strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_torchscript_and_fx_give_the_eager_logits(name):
     """timm's test_model_forward_torchscript, test_model_forward_fx, test_model_forward_fx_torchscript and
@@ -213,6 +213,7 @@ def test_torch_export_with_a_dynamic_batch(name):
             assert torch.allclose(exported(x[:n]), model(x[:n]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_pretrained_from_a_local_file(name, tmp_path):
     """timm's test_model_load_pretrained (in_chans=1, num_classes=5 and 0) from a local safetensors file,
