@@ -273,9 +273,7 @@ def _binary_block(graph: _Graph, ops: list, i: int) -> int:
     while i < len(ops) and isinstance(ops[i][1], _FUSIBLE):
         pending.append(ops[i])
         i += 1
-    fusible = (
-        i + 1 < len(ops) and isinstance(ops[i][1], BinaryActivation) and isinstance(ops[i + 1][1], BinaryConv2d)
-    )
+    fusible = i + 1 < len(ops) and isinstance(ops[i][1], BinaryActivation) and isinstance(ops[i + 1][1], BinaryConv2d)
     if fusible:
         _emit_fused(graph, name, conv, pending, ops[i + 1][1])
         return _binary_block(graph, ops, i + 1)
@@ -283,9 +281,7 @@ def _binary_block(graph: _Graph, ops: list, i: int) -> int:
     return i
 
 
-def export_packed(
-    model: nn.Module, out: str | Path, *, class_names: list[str] | None = None, input_size=None
-) -> dict:
+def export_packed(model: nn.Module, out: str | Path, *, class_names: list[str] | None = None, input_size=None) -> dict:
     """Write ``model`` (eval mode, weights loaded) as a packed file; returns a summary (path, bytes, nodes).
 
     ``input_size`` (C, H, W) defaults to the model's ``pretrained_cfg``; it is only used to trace the forward."""
@@ -423,8 +419,8 @@ class PackedModel(nn.Module):
     def __init__(self, header: dict, tensors: dict[str, torch.Tensor], threads: int | None = None):
         super().__init__()
         bk.library()  # fail here, with the reason, when the kernel is missing
-        self.pretrained_cfg = dict(header["pretrained_cfg"])
-        self.pretrained_cfg["input_size"] = tuple(self.pretrained_cfg["input_size"])
+        # JSON has no tuples; model configs hold them (as timm's do).
+        self.pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in header["pretrained_cfg"].items()}
         self.class_names = header.get("class_names")
         self.num_classes = self.pretrained_cfg.get("num_classes")
         self.threads = threads
