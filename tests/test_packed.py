@@ -47,11 +47,12 @@ def test_sign_bits_round_trip():
 
 
 @needs_kernel
-def test_pack_signs_matches_reference_layout():
+@pytest.mark.parametrize("path", PATHS)
+def test_pack_signs_matches_reference_layout(path):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 4, 200, generator=g)
     x[0, 0, 0, :7] = 0.0  # sign(0) has no bit: it packs as -1
-    bits = bk.pack_signs(x, groups=2)
+    bits = bk.pack_signs(x, groups=2, path=path)
     assert bits.shape == (2, 3, 4, 4)  # 2 groups x ceil(100 / 64) words
     expected = bk.pack_sign_bits((x <= 0).numpy().reshape(2, 3, 4, 2, 100)).reshape(2, 3, 4, 4)
     np.testing.assert_array_equal(bits.numpy().view("<u8"), expected)
@@ -162,13 +163,13 @@ def _sign_inputs(model, x):
 
 def _assert_same_as_float(model, runner, x):
     logits, pre_signs = _sign_inputs(model, x)
-    packed_signs = runner.binary_inputs(x)
+    out, packed_signs = runner.run_with_signs(x)
     assert len(packed_signs) == len(pre_signs) == 7
     for pre, got in zip(pre_signs, packed_signs, strict=True):
         differ = torch.where(pre > 0, 1.0, -1.0) != got
         # Only a pre-sign value within float rounding of zero may come out on the other side.
         assert differ.sum() == 0 or pre[differ].abs().max() < 1e-4
-    out = runner(x)
+    assert torch.equal(runner(x), out)
     assert out.shape == logits.shape
     torch.testing.assert_close(out, logits, atol=1e-4, rtol=1e-4)
     assert torch.equal(out.argmax(1), logits.argmax(1))
@@ -248,6 +249,7 @@ def test_missing_kernel_is_one_clear_error(tmp_path, monkeypatch):
     export_packed(model, path)  # export needs no compiled code
     monkeypatch.setattr(bk, "_library_path", lambda: None)
     bk._load.cache_clear()
+    bk._supported_paths.cache_clear()
     try:
         with pytest.raises(bk.BinaryKernelUnavailable, match="binary kernel is not built.*build_ext --inplace"):
             load_packed(path)
@@ -256,3 +258,4 @@ def test_missing_kernel_is_one_clear_error(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         bk._load.cache_clear()
+        bk._supported_paths.cache_clear()

@@ -84,7 +84,8 @@ def _load() -> ctypes.CDLL:
     lib.cn_isa_supported.argtypes, lib.cn_isa_supported.restype = [ctypes.c_int], ctypes.c_int
     lib.cn_best_isa.argtypes, lib.cn_best_isa.restype = [], ctypes.c_int
     lib.cn_bconv.argtypes, lib.cn_bconv.restype = [ctypes.POINTER(_BconvArgs), ctypes.c_int, ctypes.c_int], ctypes.c_int
-    lib.cn_pack_signs.argtypes, lib.cn_pack_signs.restype = [ptr, i64, i64, i64, i64, i64, ptr], ctypes.c_int
+    lib.cn_pack_signs.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_int]
+    lib.cn_pack_signs.restype = ctypes.c_int
     lib.cn_bit_maxpool.argtypes = [ptr, *[i64] * 4, ptr, *[i64] * 8, ptr]
     lib.cn_bit_maxpool.restype = ctypes.c_int
     return lib
@@ -105,8 +106,13 @@ def is_available() -> bool:
 
 def supported_paths() -> list[str]:
     """Instruction-set paths this CPU can run, best last."""
+    return list(_supported_paths())
+
+
+@functools.cache
+def _supported_paths() -> tuple[str, ...]:
     lib = library()
-    return [name for name, code in PATHS.items() if lib.cn_isa_supported(code)]
+    return tuple(name for name, code in PATHS.items() if lib.cn_isa_supported(code))
 
 
 _forced: str | None = None
@@ -124,7 +130,7 @@ def set_kernel_path(path: str | None) -> None:
 def _check_path(path: str, where: str) -> None:
     if path not in PATHS:
         raise ValueError(f"{where}: unknown binary kernel path {path!r} (choose from {', '.join(PATHS)})")
-    if path not in supported_paths():
+    if path not in _supported_paths():
         raise BinaryKernelUnavailable(f"{where}: this CPU cannot run the {path} binary kernel path")
 
 
@@ -134,8 +140,7 @@ def kernel_path() -> str:
     if forced:
         _check_path(forced, ENV_PATH if not _forced else "set_kernel_path")
         return forced
-    best = library().cn_best_isa()
-    return next(name for name, code in PATHS.items() if code == best)
+    return _supported_paths()[-1]
 
 
 def _threads(threads: int | None) -> int:
@@ -213,23 +218,42 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def pack_signs(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Channels-last floats [N, H, W, C] -> packed bits int64 [N, H, W, pix_words]; bit set where x <= 0."""
+def _output(out: torch.Tensor | None, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """``out`` when it fits (a runner reusing its buffers: fresh large allocations cost page faults each call)."""
+    if out is not None and tuple(out.shape) == shape and out.dtype == dtype and out.is_contiguous():
+        return out
+    return torch.empty(shape, dtype=dtype)
+
+
+def pack_signs(
+    x: torch.Tensor,
+    groups: int,
+    sign: torch.Tensor | None = None,
+    threshold: torch.Tensor | None = None,
+    path: str | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Channels-last floats [N, H, W, C] -> packed bits int64 [N, H, W, pix_words]. A bit is set (-1) where
+    ``!(x > 0)``, or with per-channel float32 ``sign`` (+-1) and ``threshold``, where ``!(sign * x >= threshold)``."""
     x = x.contiguous().float()
     n, h, w, c = x.shape
     group_words, pix_words = layout(c, groups)
-    out = torch.empty((n, h, w, pix_words), dtype=torch.int64)
+    out = _output(out, (n, h, w, pix_words), torch.int64)
     lib = library()
-    _check(lib.cn_pack_signs(x.data_ptr(), n * h * w, groups, c // groups, group_words, pix_words, out.data_ptr()),
-           "pack_signs")  # fmt: skip
+    isa = PATHS[path or kernel_path()]
+    folded = (sign.data_ptr(), threshold.data_ptr()) if threshold is not None else (None, None)
+    status = lib.cn_pack_signs(
+        x.data_ptr(), n * h * w, groups, c // groups, group_words, pix_words, *folded, out.data_ptr(), isa
+    )
+    _check(status, "pack_signs")
     return out
 
 
-def bit_max_pool(bits: torch.Tensor, and_mask: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
+def bit_max_pool(bits: torch.Tensor, and_mask: torch.Tensor, kernel, stride, padding, out=None) -> torch.Tensor:
     """Max pooling of the values behind packed bits (see ``cn_bit_maxpool``); ``and_mask`` int64 [pix_words]."""
     n, h, w, pix_words = bits.shape
     ho, wo = (conv_output_size(s, k, st, p) for s, k, st, p in zip((h, w), kernel, stride, padding, strict=True))
-    out = torch.empty((n, ho, wo, pix_words), dtype=torch.int64)
+    out = _output(out, (n, ho, wo, pix_words), torch.int64)
     lib = library()
     status = lib.cn_bit_maxpool(
         bits.data_ptr(), n, h, w, pix_words, and_mask.data_ptr(), *kernel, *stride, *padding, ho, wo, out.data_ptr()
@@ -255,6 +279,7 @@ def binary_conv(
     out_groups: int = 1,
     threads: int | None = None,
     path: str | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary convolution of packed bits [N, H, W, pix_words].
 
@@ -283,12 +308,12 @@ def binary_conv(
         out_height=ho, out_width=wo,
     )  # fmt: skip
     if threshold is None:
-        out = torch.empty((n, ho, wo, cout), dtype=torch.float32)
+        out = _output(out, (n, ho, wo, cout), torch.float32)
         args.mode, args.relu, args.out_float = 0, int(relu), out.data_ptr()
         args.alpha, args.bias = alpha.data_ptr(), bias.data_ptr()
     else:
         group_words, pix_words = layout(cout, out_groups)
-        out = torch.empty((n, ho, wo, pix_words), dtype=torch.int64)
+        out = _output(out, (n, ho, wo, pix_words), torch.int64)
         args.mode, args.out_bits, args.out_pix_words = 1, out.data_ptr(), pix_words
         args.out_groups, args.out_channels_per_group, args.out_group_words = out_groups, cout // out_groups, group_words
         args.threshold, args.threshold_sign = threshold.data_ptr(), threshold_sign.data_ptr()

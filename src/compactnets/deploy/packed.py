@@ -6,7 +6,9 @@ File format (``*.packed.safetensors``; see docs/binary-inference.md): a safetens
 ops are the float ops ``conv2d``, ``batch_norm``, ``relu``, ``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``,
 ``flatten``, ``linear``, ``channel_shuffle`` (NCHW floats) and the binary ops:
 
-- ``pack_signs``: floats -> packed sign bits for the next binary conv (a set bit is -1; sign(0) becomes -1);
+- ``pack_signs``: floats -> packed sign bits for the next binary conv (a set bit is -1; sign(0) becomes -1); with
+  float32 ``sign`` and ``threshold`` [C], channel c is -1 unless ``sign[c] * x >= threshold[c]`` (the batch norm and
+  ReLU between the float op and the sign folded in);
 - ``binary_conv2d``: ``weight_bits`` uint8 [out, ceil(kh * kw * in_per_group / 8)], each filter's signs in
   (kh, kw, in) order, bit ``i % 8`` of byte ``i // 8``, set = -1. With ``"output": "float"`` it writes
   ``alpha * dot + bias`` (``relu`` optional); with ``"output": "bits"`` it writes the next binary conv's packed input,
@@ -37,8 +39,10 @@ from . import binary_kernel as bk
 FORMAT = "compactnets.packed"
 FORMAT_VERSION = 1
 _SKIPPED = (nn.Identity, nn.Dropout)
-# Per-channel monotone ops that a sign after a binary conv can absorb (max pooling commutes with them).
-_FUSIBLE = (nn.ReLU, nn.BatchNorm2d, ChannelShuffle, nn.MaxPool2d, *_SKIPPED)
+# Per-channel monotone ops (and permutations) that a following sign absorbs as a threshold.
+_MONOTONE = (nn.ReLU, nn.BatchNorm2d, ChannelShuffle, *_SKIPPED)
+# After a binary conv, max pooling too: it commutes with monotone ops and is an AND/OR of the sign bits.
+_FUSIBLE = (*_MONOTONE, nn.MaxPool2d)
 
 
 class PackedError(CheckpointError):
@@ -246,19 +250,83 @@ def _emit_float_output(graph: _Graph, name: str, conv: BinaryConv2d, pending: li
         graph.float_module(pending_name, m)
 
 
+def _sign_run(ops: list, i: int) -> int | None:
+    """Index of the sign ending ``ops[i:]``'s run of per-channel monotone modules, if that sign feeds a binary conv."""
+    j = i
+    while j < len(ops) and isinstance(ops[j][1], _MONOTONE):
+        j += 1
+    feeds_binary = j + 1 < len(ops) and isinstance(ops[j][1], BinaryActivation)
+    return j if feeds_binary and isinstance(ops[j + 1][1], BinaryConv2d) else None
+
+
+def _float_from_key(key: torch.Tensor) -> torch.Tensor:
+    """Order-preserving map from int64 keys in [0, 2**32) to float32 (the inverse of the usual sign-flip trick)."""
+    bits = torch.where(key >= 2**31, key - 2**31, (2**32 - 1) - key)  # uint32 bit patterns
+    return torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32).view(torch.float32)
+
+
+def _emit_threshold_pack(graph: _Graph, ops: list, i: int, j: int, consumer: BinaryConv2d) -> None:
+    """Float tensor -> ``ops[i:j]`` (batch norm, ReLU, shuffles) -> sign, as one packing step with a per-channel
+    threshold: the exact float boundary of the model's own modules, found by bisection over all float32 values."""
+    modules = [m for _, m in ops[i:j] if not isinstance(m, _SKIPPED)]
+    channels = consumer.in_channels
+    order = torch.arange(channels)
+    for m in modules:
+        if isinstance(m, ChannelShuffle) and m.groups > 1:
+            order = compose(order, shuffle_perm(channels, m.groups))
+            graph.add("channel_shuffle", groups=m.groups)  # run first: the threshold is on the shuffled floats
+    inverse = torch.argsort(order)
+
+    def positive(u: torch.Tensor) -> torch.Tensor:  # u: [channels, k] pack inputs (shuffled order)
+        x = u[inverse].t().reshape(-1, channels, 1, 1)
+        with torch.no_grad():
+            for m in modules:
+                x = m(x.clone())
+        return x.reshape(-1, channels).t() > 0
+
+    largest = torch.finfo(torch.float32).max
+    ends = positive(torch.tensor([[-largest, largest]]).expand(channels, 2))
+    up = ~ends[:, 0] & ends[:, 1]
+    down = ends[:, 0] & ~ends[:, 1]
+    # Bisection on ordered keys between -max and +max (known sides): lo stays below the boundary, hi above it.
+    lo = torch.full((channels,), 0x00800000, dtype=torch.int64)
+    hi = torch.full((channels,), 0xFF7FFFFF, dtype=torch.int64)
+    for _ in range(33):
+        mid = (lo + hi) // 2
+        high_side = positive(_float_from_key(mid)[:, None])[:, 0] == up
+        hi, lo = torch.where(high_side, mid, hi), torch.where(high_side, lo, mid)
+    inf = torch.tensor(float("inf"))
+    # up: positive iff u >= float(hi); down: positive iff u <= float(lo), i.e. -u >= -float(lo).
+    threshold = torch.where(up, _float_from_key(hi), torch.where(down, -_float_from_key(lo), -inf))
+    constant_negative = ~(up | down) & ~ends[:, 0]
+    threshold = torch.where(constant_negative, inf, threshold)
+    sign = torch.where(down, -1.0, 1.0)
+    probe = torch.randn(channels, 4096, generator=torch.Generator().manual_seed(0)) * 10.0 ** torch.arange(
+        -6, 6, 12 / 4096
+    )
+    if not torch.equal(positive(probe), sign[:, None] * probe >= threshold[:, None]):
+        raise PackedError(f"cannot pack: the ops before the sign {ops[j][0]} are not monotone per channel")
+    graph.add("pack_signs", {"sign": sign, "threshold": threshold.float()}, groups=consumer.groups, channels=channels)
+
+
 def build_graph(model: nn.Module, example: torch.Tensor) -> _Graph:
     ops = _trace(model, example)
     graph = _Graph()
     i, n = 0, len(ops)
     while i < n:
         name, m = ops[i]
-        nxt = ops[i + 1][1] if i + 1 < n else None
-        if isinstance(m, BinaryActivation):
-            if not isinstance(nxt, BinaryConv2d):
-                raise PackedError(f"cannot pack: the sign {name} does not feed a binary convolution")
-            graph.add("pack_signs", groups=nxt.groups, channels=nxt.in_channels)
-            i = _binary_block(graph, ops, i + 1)
+        sign_at = _sign_run(ops, i)
+        if sign_at is not None:
+            consumer = ops[sign_at + 1][1]
+            if sign_at == i:  # a sign of the float tensor itself
+                graph.add("pack_signs", groups=consumer.groups, channels=consumer.in_channels)
+            else:
+                _emit_threshold_pack(graph, ops, i, sign_at, consumer)
+            i = _binary_block(graph, ops, sign_at + 1)
             continue
+        if isinstance(m, BinaryActivation):
+            raise PackedError(f"cannot pack: the sign {name} does not feed a binary convolution")
+        nxt = ops[i + 1][1] if i + 1 < n and _sign_run(ops, i + 1) is None else None  # no fold into a threshold
         i += 2 if graph.float_module(name, m, nxt) else 1
     if not any(node["op"] == "binary_conv2d" for node in graph.nodes):
         raise PackedError("cannot pack: the model has no binary convolution fed by a sign (BinaryActivation)")
@@ -325,7 +393,14 @@ def _jsonable(v):
 # ---------------------------------------------------------------------------------------------------------- runner
 
 
-class _BinaryConv:
+class _BinaryStep:
+    """A kernel call that writes into the buffer it wrote last time (same shape: no fresh allocation, no page
+    faults). So a runner must not run two batches at once from two Python threads."""
+
+    buffer: torch.Tensor | None = None
+
+
+class _BinaryConv(_BinaryStep):
     def __init__(self, node: dict, t: dict):
         self.node = node
         out, cin = node["out_channels"], node["in_channels"]
@@ -345,11 +420,15 @@ class _BinaryConv:
                                relu=node["relu"])  # fmt: skip
 
     def __call__(self, bits: torch.Tensor, threads: int | None) -> torch.Tensor:
-        out = bk.binary_conv(bits, self.weights, *self.geometry, threads=threads, **self.kwargs)
-        return out if self.node["output"] == "bits" else out.permute(0, 3, 1, 2)  # NCHW view, channels-last memory
+        self.buffer = bk.binary_conv(
+            bits, self.weights, *self.geometry, threads=threads, out=self.buffer, **self.kwargs
+        )
+        if self.node["output"] == "bits":
+            return self.buffer
+        return self.buffer.permute(0, 3, 1, 2)  # NCHW view, channels-last memory
 
 
-class _BitMaxPool:
+class _BitMaxPool(_BinaryStep):
     def __init__(self, node: dict, t: dict):
         mask = t["and_mask"].numpy().astype(bool)
         groups = node["groups"]
@@ -358,17 +437,20 @@ class _BitMaxPool:
         self.geometry = (node["kernel_size"], node["stride"], node["padding"])
 
     def __call__(self, bits: torch.Tensor, threads: int | None) -> torch.Tensor:
-        return bk.bit_max_pool(bits, self.and_mask, *self.geometry)
+        self.buffer = bk.bit_max_pool(bits, self.and_mask, *self.geometry, out=self.buffer)
+        return self.buffer
 
 
-class _PackSigns:
+class _PackSigns(_BinaryStep):
     def __init__(self, node: dict, t: dict):
         self.groups, self.channels = node["groups"], node["channels"]
+        self.folded = {k: t[k].float().contiguous() for k in ("sign", "threshold") if k in t}
 
     def __call__(self, x: torch.Tensor, threads: int | None) -> torch.Tensor:
         if x.shape[1] != self.channels:
             raise ValueError(f"pack_signs expects {self.channels} channels, got {x.shape[1]}")
-        return bk.pack_signs(x.permute(0, 2, 3, 1), self.groups)
+        self.buffer = bk.pack_signs(x.permute(0, 2, 3, 1), self.groups, out=self.buffer, **self.folded)
+        return self.buffer
 
 
 def _float_op(node: dict, t: dict):
@@ -433,22 +515,22 @@ class PackedModel(nn.Module):
 
     def _run(self, x: torch.Tensor, collect: list | None = None) -> torch.Tensor:
         x = x.float().contiguous(memory_format=torch.channels_last)
+        binary = False
         for op, step, binary in self._steps:
             if collect is not None and op == "binary_conv2d":
                 collect.append(unpack_signs(x, step.groups, step.in_channels))
             x = step(x, self.threads) if binary else step(x)
-        return x
+        return x.clone() if binary else x  # never hand out a buffer that the next call overwrites
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)
 
     @torch.no_grad()
-    def binary_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The +-1 input of every binary conv (NCHW floats), to compare with the float model's signs."""
+    def run_with_signs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and the +-1 input of every binary conv (NCHW floats), to compare with the float model's signs."""
         collect = []
-        self._run(x, collect)
-        return collect
+        return self._run(x, collect), collect
 
     def extra_repr(self) -> str:
         ops = [node["op"] for node in self.nodes]

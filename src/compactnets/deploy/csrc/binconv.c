@@ -339,19 +339,92 @@ int cn_bconv(const cn_bconv_args *a, int isa, int threads) {
 
 /* ---------------------------------------------------------------- packing and pooling on bits ------------------- */
 
-/* Channels-last floats [npix, groups * channels_per_group] -> packed bits [npix, pix_words]; set bit = (x <= 0).
- * (sign(0) = 0 has no bit; it becomes -1, which the float model would count as 0: see docs/binary-inference.md.) */
+/* n floats -> ceil(n / 64) words. Without thresholds a bit is set where !(x > 0) (sign(0) = 0 has no bit: it
+ * becomes -1, which the float model counts as 0; see docs/binary-inference.md). With them, where
+ * !(sign[c] * x >= threshold[c]): the per-channel ops between x and the sign (batch norm, ReLU), folded. */
+static inline __attribute__((always_inline)) void pack_row_scalar(const float *x, const float *sign, const float *thr,
+                                                                  int64_t n, uint64_t *out) {
+    for (int64_t w = 0; w * 64 < n; w++) {
+        uint64_t word = 0;
+        int64_t m = n - 64 * w < 64 ? n - 64 * w : 64;
+        for (int64_t b = 0; b < m; b++) {
+            int64_t c = 64 * w + b;
+            int negative = thr ? !(sign[c] * x[c] >= thr[c]) : !(x[c] > 0.0f);
+            word |= (uint64_t)negative << b;
+        }
+        out[w] = word;
+    }
+}
+
+typedef void (*pack_fn)(const float *x, const float *sign, const float *thr, int64_t n, uint64_t *out);
+
+static void pack_row_portable(const float *x, const float *sign, const float *thr, int64_t n, uint64_t *out) {
+    pack_row_scalar(x, sign, thr, n, out);
+}
+
+#ifdef CN_X86
+__attribute__((target("avx2"))) static void pack_row_avx2(const float *x, const float *sign, const float *thr,
+                                                          int64_t n, uint64_t *out) {
+    const __m256 zero = _mm256_setzero_ps();
+    int64_t full = n / 64;
+    for (int64_t w = 0; w < full; w++) {
+        uint64_t word = 0;
+        for (int i = 0; i < 8; i++) {
+            int64_t c = 64 * w + 8 * i;
+            __m256 v = _mm256_loadu_ps(x + c);
+            __m256 negative = thr ? _mm256_cmp_ps(_mm256_mul_ps(v, _mm256_loadu_ps(sign + c)),
+                                                  _mm256_loadu_ps(thr + c), _CMP_NGE_UQ)
+                                  : _mm256_cmp_ps(v, zero, _CMP_NGT_UQ);
+            word |= (uint64_t)(uint32_t)_mm256_movemask_ps(negative) << (8 * i);
+        }
+        out[w] = word;
+    }
+    if (n > 64 * full)
+        pack_row_scalar(x + 64 * full, thr ? sign + 64 * full : NULL, thr ? thr + 64 * full : NULL, n - 64 * full,
+                        out + full);
+}
+
+__attribute__((target("avx512f"))) static void pack_row_avx512(const float *x, const float *sign, const float *thr,
+                                                               int64_t n, uint64_t *out) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t w = 0; w * 64 < n; w++) {
+        uint64_t word = 0;
+        for (int i = 0; i < 4; i++) {
+            int64_t c = 64 * w + 16 * i, m = n - c;
+            if (m <= 0) break;
+            __mmask16 valid = m >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << m) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(valid, x + c);
+            __mmask16 negative =
+                thr ? _mm512_cmp_ps_mask(_mm512_mul_ps(v, _mm512_maskz_loadu_ps(valid, sign + c)),
+                                         _mm512_maskz_loadu_ps(valid, thr + c), _CMP_NGE_UQ)
+                    : _mm512_cmp_ps_mask(v, zero, _CMP_NGT_UQ);
+            word |= (uint64_t)(negative & valid) << (16 * i);
+        }
+        out[w] = word;
+    }
+}
+#endif
+
+/* Channels-last floats [npix, groups * channels_per_group] -> packed bits [npix, pix_words]; `sign` and `threshold`
+ * ([channels], floats) may be NULL. */
 int cn_pack_signs(const float *x, int64_t npix, int64_t groups, int64_t channels_per_group, int64_t group_words,
-                  int64_t pix_words, uint64_t *out) {
+                  int64_t pix_words, const float *sign, const float *threshold, uint64_t *out, int isa) {
+    if (isa == CN_ISA_AUTO) isa = cn_best_isa();
+    if (!cn_isa_supported(isa)) return -2;
+    if (!sign != !threshold) return -3;
+    pack_fn pack = pack_row_portable;
+#ifdef CN_X86
+    if (isa == CN_ISA_AVX512) pack = pack_row_avx512;
+    if (isa == CN_ISA_AVX2) pack = pack_row_avx2;
+#endif
     const int64_t channels = groups * channels_per_group;
     for (int64_t p = 0; p < npix; p++) {
-        const float *row = x + p * channels;
         uint64_t *o = out + p * pix_words;
         memset(o, 0, sizeof(uint64_t) * (size_t)pix_words);
         for (int64_t g = 0; g < groups; g++) {
-            const float *grow = row + g * channels_per_group;
-            uint64_t *gw = o + g * group_words;
-            for (int64_t c = 0; c < channels_per_group; c++) gw[c >> 6] |= (uint64_t)!(grow[c] > 0.0f) << (c & 63);
+            int64_t first = g * channels_per_group;
+            pack(x + p * channels + first, sign ? sign + first : NULL, threshold ? threshold + first : NULL,
+                 channels_per_group, o + g * group_words);
         }
     }
     return 0;
