@@ -259,3 +259,55 @@ def test_missing_kernel_is_one_clear_error(tmp_path, monkeypatch):
         monkeypatch.undo()
         bk._load.cache_clear()
         bk._supported_paths.cache_clear()
+
+
+def _checkpoint(tmp_path):
+    from compactnets.checkpoint import save_atomic
+
+    model = _with_bn_statistics(create_model("nin_xnornet"), seed=4)
+    path = tmp_path / "nin_xnornet.pth"
+    save_atomic({"version": 1, "arch": "nin_xnornet", "state_dict": model.state_dict(),
+                 "pretrained_cfg": dict(model.pretrained_cfg)}, path)  # fmt: skip
+    return path
+
+
+@needs_kernel
+def test_cli_export_then_eval_and_predict_packed(run_cli, tmp_path):
+    import json
+
+    from PIL import Image
+
+    ckpt, packed = _checkpoint(tmp_path), tmp_path / "m.packed.safetensors"
+    status, out, _ = run_cli("export", "--checkpoint", ckpt, "--format", "packed", "--out", packed)
+    assert status == 0 and "7 binary convs" in out and packed.is_file()
+    results = []
+    for source in (("--checkpoint", ckpt), ("--packed", packed)):
+        status, out, err = run_cli("eval", *source, "--limit", "40", "--json")
+        assert status == 0, err
+        results.append(json.loads(out))
+    assert results[1]["packed"] == str(packed) and results[1]["count"] == 40
+    assert results[0]["top1"] == results[1]["top1"] and abs(results[0]["loss"] - results[1]["loss"]) < 1e-4
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
+    predictions = []
+    for source in (("--checkpoint", ckpt), ("--packed", packed)):
+        status, out, err = run_cli("predict", *source, image, "--topk", "3", "--json")
+        assert status == 0, err
+        predictions.append([t["index"] for t in json.loads(out)[0]["top"]])
+    assert predictions[0] == predictions[1]
+
+
+def test_cli_packed_without_kernel_is_one_line(run_cli, tmp_path, monkeypatch):
+    packed = tmp_path / "m.packed.safetensors"
+    export_packed(_with_bn_statistics(create_model("nin_xnornet")), packed)
+    monkeypatch.setattr(bk, "_library_path", lambda: None)
+    bk._load.cache_clear()
+    try:
+        status, out, err = run_cli("eval", "--packed", packed, "--limit", "4")
+        assert status == 2 and out == ""
+        assert err.count("\n") == 1 and "binary kernel is not built" in err
+    finally:
+        monkeypatch.undo()
+        bk._load.cache_clear()
+    status, _, err = run_cli("export", "nin", "--format", "packed", "--out", tmp_path / "nin.packed")
+    assert status == 2 and "no binary convolution" in err
