@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import environment  # noqa: E402
 
 
-def sizes(model, checkpoint: Path, packed: Path, tmp: Path) -> dict:
+def sizes(model, packed: Path, tmp: Path) -> dict:
+    """Bytes of the float32 weights (safetensors), the packed file, and the binary layers in each."""
     from safetensors.torch import save_file
 
     float_file = tmp / "float.safetensors"
@@ -44,7 +45,6 @@ def sizes(model, checkpoint: Path, packed: Path, tmp: Path) -> dict:
         and any(k.startswith(f"{i}.") for i in _binary_nodes(packed))
     )
     return {
-        "checkpoint_bytes": checkpoint.stat().st_size,
         "float_safetensors_bytes": float_file.stat().st_size,
         "packed_bytes": packed.stat().st_size,
         "binary_weights_float_bytes": binary_float,
@@ -149,7 +149,8 @@ def main(argv=None):
             "epoch": ckpt.get("epoch"),
             "machine": environment(),
             "kernel_path": binary_kernel.kernel_path(),
-            **sizes(model, Path(args.checkpoint), packed, tmp),
+            "checkpoint_bytes": Path(args.checkpoint).stat().st_size,
+            **sizes(model, packed, tmp),
         }
         loader = build_eval_loader(model.pretrained_cfg, args.data, None, args.split, args.batch_size, None, args.limit)
         row |= compare(model, runner, loader)

@@ -11,9 +11,9 @@ ops are the float ops ``conv2d``, ``batch_norm``, ``relu``, ``max_pool2d``, ``av
   ReLU between the float op and the sign folded in);
 - ``binary_conv2d``: ``weight_bits`` uint8 [out, ceil(kh * kw * in_per_group / 8)], each filter's signs in
   (kh, kw, in) order, bit ``i % 8`` of byte ``i // 8``, set = -1. With ``"output": "float"`` it writes
-  ``alpha * dot + bias`` (``relu`` optional); with ``"output": "bits"`` it writes the next binary conv's packed input,
-  channel ``j`` being -1 unless ``threshold_sign[j] * dot[out_order[j]] >= threshold[j]`` (bias, ReLU, the next
-  batch norm and sign folded in; ``out_order`` int32, present when a channel shuffle lies in between);
+  ``alpha * dot + bias`` (``relu`` optional); with ``"output": "bits"`` it writes the next binary conv's packed
+  input, channel ``j`` being -1 unless ``threshold_sign[j] * dot[out_order[j]] >= threshold[j]`` (bias, ReLU, the
+  next batch norm and sign folded in; ``out_order`` present when a channel shuffle lies in between; int16 or int32);
 - ``bit_max_pool2d``: max pooling on bits (``and_mask`` uint8 [C]: channels whose -1 bit is the AND of the window).
 
 :func:`export_packed` finds binary blocks from the module structure alone (a :class:`BinaryActivation` whose output
@@ -178,6 +178,12 @@ def _weight_bits(negative: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.packbits(flat, axis=-1, bitorder="little"))
 
 
+def _small_int(t: torch.Tensor) -> torch.Tensor:
+    """int16 when the values fit (per-channel terms are a visible part of a packed file), else int32."""
+    fits = t.abs().max() < 2**15
+    return t.to(torch.int16 if fits else torch.int32)
+
+
 def _monotone(positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of booleans over ascending inputs: (non-decreasing, non-increasing) per row."""
     p = positive.to(torch.int8)
@@ -211,11 +217,11 @@ def _emit_fused(graph: _Graph, name: str, conv: BinaryConv2d, pending: list, con
     first_positive = torch.where(positive.any(1), positive.int().argmax(1), torch.full_like(order, 2 * k + 1))
     last_positive = 2 * k - positive.flip(1).int().argmax(1)
     # up: positive iff dot >= -k + first; down: positive iff dot <= -k + last, i.e. -dot >= k - last.
-    threshold = torch.where(up, first_positive - k, k - last_positive).to(torch.int32)
+    threshold = _small_int(torch.where(up, first_positive - k, k - last_positive))
     threshold_sign = torch.where(up, 1, -1).to(torch.int8)
     tensors = {"weight_bits": _weight_bits(negative), "threshold": threshold, "threshold_sign": threshold_sign}
     if not torch.equal(order, torch.arange(channels)):
-        tensors["out_order"] = order.to(torch.int32)
+        tensors["out_order"] = _small_int(order)
     graph.add(
         "binary_conv2d",
         tensors,
