@@ -71,7 +71,7 @@ def _eval(args, parser, argv):
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
         "top1_err": round(100 - result["top1"], 4),
         "top5_err": round(100 - result["top5"], 4),
-        "param_count": sum(p.numel() for p in model.parameters()),
+        "param_count": getattr(model, "param_count", None) or sum(p.numel() for p in model.parameters()),
         "img_size": cfg["input_size"][-1],
         "crop_pct": cfg["crop_pct"],
         "interpolation": cfg["interpolation"],
@@ -192,8 +192,10 @@ def _export(args, parser, argv):
     else:
         model, ckpt = create_model(args.model).eval(), {}
     info = export_packed(model, args.out, class_names=ckpt.get("class_names"))
-    print(f"exported {model.pretrained_cfg['architecture']} -> {info['path']} ({args.format}, {info['bytes']:,} bytes, "
-          f"{info['binary_convs']} binary convs)")  # fmt: skip
+    error = info["check_error"]
+    check = "not checked" if error is None else f"checked: max |diff| = {error:.1e} x max |logit|"
+    print(f"exported {model.pretrained_cfg['architecture']} -> {info['output']} ({args.format}, {info['bytes']:,} "
+          f"bytes, {info['binary_convs']} binary convs; {check})")  # fmt: skip
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

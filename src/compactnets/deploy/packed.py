@@ -355,10 +355,22 @@ def _binary_block(graph: _Graph, ops: list, i: int) -> int:
     return i
 
 
-def export_packed(model: nn.Module, out: str | Path, *, class_names: list[str] | None = None, input_size=None) -> dict:
-    """Write ``model`` (eval mode, weights loaded) as a packed file; returns a summary (path, bytes, nodes).
+def export_packed(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    class_names: list[str] | None = None,
+    input_size=None,
+    check: bool = True,
+    **unused_options,
+) -> dict:
+    """Write ``model`` (weights loaded) as a packed file; returns a summary (``output``, ``bytes``, ``nodes``,
+    ``binary_convs``, ``input_size``, ``check_error``).
 
-    ``input_size`` (C, H, W) defaults to the model's ``pretrained_cfg``; it is only used to trace the forward."""
+    ``input_size`` (C, H, W) defaults to the model's ``pretrained_cfg``; it is used to trace the forward. With
+    ``check`` (and the kernel built), the packed runner is compared with the model at batch 1 and 3:
+    ``check_error`` is max |diff| / max |logit| (None when not checked). Options of other formats (``batch_size``,
+    ``opset``) do not apply: a packed file runs any batch size."""
     from safetensors.torch import save_file
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
@@ -369,27 +381,41 @@ def export_packed(model: nn.Module, out: str | Path, *, class_names: list[str] |
     model.eval()
     try:
         graph = build_graph(model, torch.randn(1, *size, generator=torch.Generator().manual_seed(0)))
+        header = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "pretrained_cfg": {
+                **{k: _jsonable(cfg[k]) for k in PREPROCESSING_KEYS if k in cfg},
+                "input_size": list(size),
+                "architecture": cfg.get("architecture", type(model).__name__),
+                "num_classes": getattr(model, "num_classes", None),
+                **({"dataset": cfg["dataset"]} if "dataset" in cfg else {}),
+            },
+            "param_count": sum(p.numel() for p in model.parameters()),
+            "class_names": list(class_names) if class_names else None,
+            "nodes": graph.nodes,
+        }
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(graph.tensors, str(out), metadata={FORMAT: json.dumps(header)})
+        check_error = _check(model, out, size) if check and bk.is_available() else None
     finally:
         model.train(was_training)
-    num_classes = getattr(model, "num_classes", None)
-    header = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "pretrained_cfg": {
-            **{k: _jsonable(cfg[k]) for k in PREPROCESSING_KEYS if k in cfg},
-            "input_size": list(size),
-            "architecture": cfg.get("architecture", type(model).__name__),
-            "num_classes": num_classes,
-            **({"dataset": cfg["dataset"]} if "dataset" in cfg else {}),
-        },
-        "class_names": list(class_names) if class_names else None,
-        "nodes": graph.nodes,
-    }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(graph.tensors, str(out), metadata={FORMAT: json.dumps(header)})
-    return {"path": str(out), "bytes": out.stat().st_size, "nodes": len(graph.nodes),
-            "binary_convs": sum(node["op"] == "binary_conv2d" for node in graph.nodes)}  # fmt: skip
+    return {"output": str(out), "bytes": out.stat().st_size, "nodes": len(graph.nodes), "batch": None,
+            "binary_convs": sum(node["op"] == "binary_conv2d" for node in graph.nodes),
+            "input_size": size, "check_error": check_error}  # fmt: skip
+
+
+@torch.no_grad()
+def _check(model: nn.Module, path: Path, size: tuple) -> float:
+    """max |packed - float| / max |float| over seeded batches of 1 and 3."""
+    runner = load_packed(path)
+    worst = 0.0
+    for batch in (1, 3):
+        x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(batch))
+        expected = model(x)
+        worst = max(worst, ((runner(x) - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item())
+    return worst
 
 
 def _jsonable(v):
@@ -511,6 +537,7 @@ class PackedModel(nn.Module):
         self.pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in header["pretrained_cfg"].items()}
         self.class_names = header.get("class_names")
         self.num_classes = self.pretrained_cfg.get("num_classes")
+        self.param_count = header.get("param_count")  # of the float model it was exported from
         self.threads = threads
         self.nodes = header["nodes"]
         self._steps = []
