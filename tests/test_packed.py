@@ -108,8 +108,9 @@ def test_every_path_gives_the_same_bits():
     weights = bk.prepare_weights((w < 0).permute(0, 2, 3, 1).numpy(), 1)
     bits = bk.pack_signs(x.permute(0, 2, 3, 1), 1)
     ones, zeros = torch.ones(64), torch.zeros(64)
+    if len(PATHS) < 2:
+        pytest.skip("this CPU runs only the portable path")
     outs = [bk.binary_conv(bits, weights, (3, 3), padding=(1, 1), alpha=ones, bias=zeros, path=p) for p in PATHS]
-    assert len(outs) == len(bk.PATHS)  # this machine (AVX-512 VPOPCNTDQ) runs all three; CI machines may not
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
