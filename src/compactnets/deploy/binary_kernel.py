@@ -316,7 +316,9 @@ def binary_conv(
         out = _output(out, (n, ho, wo, pix_words), torch.int64)
         args.mode, args.out_bits, args.out_pix_words = 1, out.data_ptr(), pix_words
         args.out_groups, args.out_channels_per_group, args.out_group_words = out_groups, cout // out_groups, group_words
-        args.threshold, args.threshold_sign = threshold.data_ptr(), threshold_sign.data_ptr()
-        args.out_order = out_order.data_ptr() if out_order is not None else None
+        terms = [t.to(torch.int32).contiguous() for t in (threshold, threshold_sign)]  # no-op when int32 already
+        order = out_order.to(torch.int32).contiguous() if out_order is not None else None
+        args.threshold, args.threshold_sign = terms[0].data_ptr(), terms[1].data_ptr()
+        args.out_order = order.data_ptr() if order is not None else None
     _check(lib.cn_bconv(ctypes.byref(args), PATHS[path or kernel_path()], _threads(threads)), "binary_conv")
     return out

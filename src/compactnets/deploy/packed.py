@@ -444,7 +444,7 @@ class _BinaryConv(_BinaryStep):
         self.geometry = (node["kernel_size"], node["stride"], node["padding"], node["dilation"])
         if node["output"] == "bits":
             self.kwargs = dict(threshold=t["threshold"].int().contiguous(),
-                               threshold_sign=t["threshold_sign"].to(torch.int8).contiguous(),
+                               threshold_sign=t["threshold_sign"].int().contiguous(),
                                out_order=t["out_order"].int().contiguous() if "out_order" in t else None,
                                out_groups=node["out_groups"])  # fmt: skip
         else:

@@ -51,7 +51,7 @@ typedef struct {
     float *out_float; /* [N, Ho, Wo, groups * out_per_group] */
     /* CN_OUT_BITS */
     const int32_t *threshold;
-    const int8_t *threshold_sign;
+    const int32_t *threshold_sign; /* +-1 */
     const int32_t *out_order; /* bit j takes conv channel out_order[j] (a channel shuffle); NULL = identity */
     uint64_t *out_bits; /* [N, Ho, Wo, out_pix_words] */
     int64_t out_pix_words, out_groups, out_channels_per_group, out_group_words;
