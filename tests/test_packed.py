@@ -183,7 +183,7 @@ def test_packed_model_matches_float_model(arch, tmp_path):
     model = _with_bn_statistics(create_model(arch))
     path = tmp_path / f"{arch}.packed.safetensors"
     info = export_packed(model, path, class_names=[f"c{i}" for i in range(10)])
-    assert info["binary_convs"] == 7
+    assert info["binary_convs"] == 7 and info["check_error"] < 1e-5
     runner = load_packed(path)
     assert runner.pretrained_cfg["architecture"] == arch and runner.pretrained_cfg["input_size"] == (3, 32, 32)
     assert runner.pretrained_cfg["mean"] == model.pretrained_cfg["mean"] and runner.class_names[3] == "c3"
@@ -205,7 +205,7 @@ def test_packed_model_on_real_images(tmp_path):
     from compactnets.data import eval_transform, load_rgb_image
 
     model = _with_bn_statistics(create_model("nin_xnornet"), seed=3)
-    export_packed(model, tmp_path / "m.packed.safetensors")
+    export_packed(model, tmp_path / "m.packed.safetensors", check=False)
     runner = load_packed(tmp_path / "m.packed.safetensors")
     transform = eval_transform(model.pretrained_cfg)
     files = sorted((SHARED_DATA / "cifar10" / "test").glob("*/*"))[::1000][:8]
@@ -216,7 +216,7 @@ def test_packed_model_on_real_images(tmp_path):
 def test_packed_file_layout_and_size(tmp_path):
     model = _with_bn_statistics(create_model("nin_xnornet"))
     path = tmp_path / "m.packed.safetensors"
-    export_packed(model, path)
+    export_packed(model, path, check=False)
     header, tensors = read_packed(path)
     ops = [n["op"] for n in header["nodes"]]
     assert ops.count("binary_conv2d") == 7 and ops.count("bit_max_pool2d") == 1 and ops.count("pack_signs") == 2
@@ -247,7 +247,7 @@ def test_export_refuses_models_without_binary_blocks(tmp_path):
 def test_missing_kernel_is_one_clear_error(tmp_path, monkeypatch):
     model = _with_bn_statistics(create_model("nin_xnornet"))
     path = tmp_path / "m.packed.safetensors"
-    export_packed(model, path)  # export needs no compiled code
+    export_packed(model, path, check=False)  # export needs no compiled code
     monkeypatch.setattr(bk, "_library_path", lambda: None)
     bk._load.cache_clear()
     bk._supported_paths.cache_clear()
@@ -300,7 +300,7 @@ def test_cli_export_then_eval_and_predict_packed(run_cli, tmp_path):
 
 def test_cli_packed_without_kernel_is_one_line(run_cli, tmp_path, monkeypatch):
     packed = tmp_path / "m.packed.safetensors"
-    export_packed(_with_bn_statistics(create_model("nin_xnornet")), packed)
+    export_packed(_with_bn_statistics(create_model("nin_xnornet")), packed, check=False)
     monkeypatch.setattr(bk, "_library_path", lambda: None)
     bk._load.cache_clear()
     try:
