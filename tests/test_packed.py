@@ -176,47 +176,63 @@ def _assert_same_as_float(model, runner, x):
     assert torch.equal(out.argmax(1), logits.argmax(1))
 
 
-@needs_kernel
-@pytest.mark.parametrize("arch", ["nin_xnornet", "nin_gc_xnornet"])
-def test_packed_model_matches_float_model(arch, tmp_path):
+@pytest.fixture(scope="module")
+def nin_packed(tmp_path_factory):
+    """A nin_xnornet with trained-like BN statistics and its packed file (exported once for the tests below)."""
     torch.manual_seed(0)
-    model = _with_bn_statistics(create_model(arch))
-    path = tmp_path / f"{arch}.packed.safetensors"
-    info = export_packed(model, path, class_names=[f"c{i}" for i in range(10)])
+    model = _with_bn_statistics(create_model("nin_xnornet"))
+    path = tmp_path_factory.mktemp("packed") / "nin_xnornet.packed.safetensors"
+    info = export_packed(model, path, class_names=[f"c{i}" for i in range(10)], check=bk.is_available())
+    return model, path, info
+
+
+def _check_runner(model, path, info, arch):
     assert info["binary_convs"] == 7 and info["check_error"] < 1e-5
     runner = load_packed(path)
     assert runner.pretrained_cfg["architecture"] == arch and runner.pretrained_cfg["input_size"] == (3, 32, 32)
     assert runner.pretrained_cfg["mean"] == model.pretrained_cfg["mean"] and runner.class_names[3] == "c3"
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     _assert_same_as_float(model, runner, x)
-    if arch == "nin_xnornet":  # threads and a forced path change nothing
-        runner.threads = 3
-        for path_name in PATHS:
-            bk.set_kernel_path(path_name)
-            try:
-                torch.testing.assert_close(runner(x), model(x), atol=1e-4, rtol=1e-4)
-            finally:
-                bk.set_kernel_path(None)
+    return runner, x
+
+
+@needs_kernel
+def test_packed_nin_xnornet_matches_float_model(nin_packed):
+    model, path, info = nin_packed
+    runner, x = _check_runner(model, path, info, "nin_xnornet")
+    runner.threads = 3  # threads and a forced path change nothing
+    for path_name in PATHS:
+        bk.set_kernel_path(path_name)
+        try:
+            torch.testing.assert_close(runner(x), model(x), atol=1e-4, rtol=1e-4)
+        finally:
+            bk.set_kernel_path(None)
+
+
+@needs_kernel
+def test_packed_nin_gc_xnornet_matches_float_model(tmp_path):
+    """Grouped binary convs, channel shuffles folded into output orders."""
+    model = _with_bn_statistics(create_model("nin_gc_xnornet"), seed=1)
+    path = tmp_path / "nin_gc_xnornet.packed.safetensors"
+    info = export_packed(model, path, class_names=[f"c{i}" for i in range(10)])
+    _check_runner(model, path, info, "nin_gc_xnornet")
 
 
 @needs_kernel
 @needs_shared_data
-def test_packed_model_on_real_images(tmp_path):
+def test_packed_model_on_real_images(nin_packed):
     from compactnets.data import eval_transform, load_rgb_image
 
-    model = _with_bn_statistics(create_model("nin_xnornet"), seed=3)
-    export_packed(model, tmp_path / "m.packed.safetensors", check=False)
-    runner = load_packed(tmp_path / "m.packed.safetensors")
+    model, path, _ = nin_packed
+    runner = load_packed(path)
     transform = eval_transform(model.pretrained_cfg)
     files = sorted((SHARED_DATA / "cifar10" / "test").glob("*/*"))[::1000][:8]
     x = torch.stack([transform(load_rgb_image(str(f))) for f in files])
     _assert_same_as_float(model, runner, x)
 
 
-def test_packed_file_layout_and_size(tmp_path):
-    model = _with_bn_statistics(create_model("nin_xnornet"))
-    path = tmp_path / "m.packed.safetensors"
-    export_packed(model, path, check=False)
+def test_packed_file_layout_and_size(nin_packed):
+    model, path, _ = nin_packed
     header, tensors = read_packed(path)
     ops = [n["op"] for n in header["nodes"]]
     assert ops.count("binary_conv2d") == 7 and ops.count("bit_max_pool2d") == 1 and ops.count("pack_signs") == 2
@@ -244,10 +260,8 @@ def test_export_refuses_models_without_binary_blocks(tmp_path):
         read_packed(tmp_path / "plain.safetensors")
 
 
-def test_missing_kernel_is_one_clear_error(tmp_path, monkeypatch):
-    model = _with_bn_statistics(create_model("nin_xnornet"))
-    path = tmp_path / "m.packed.safetensors"
-    export_packed(model, path, check=False)  # export needs no compiled code
+def test_missing_kernel_is_one_clear_error(nin_packed, tmp_path, monkeypatch):
+    model, path, _ = nin_packed
     monkeypatch.setattr(bk, "_library_path", lambda: None)
     bk._load.cache_clear()
     bk._supported_paths.cache_clear()
@@ -255,6 +269,7 @@ def test_missing_kernel_is_one_clear_error(tmp_path, monkeypatch):
         with pytest.raises(bk.BinaryKernelUnavailable, match="binary kernel is not built.*build_ext --inplace"):
             load_packed(path)
         assert not bk.is_available()
+        export_packed(model, tmp_path / "again.packed.safetensors")  # export needs no compiled code (no check)
         model(torch.randn(1, 3, 32, 32))  # the float path keeps working
     finally:
         monkeypatch.undo()
@@ -298,9 +313,8 @@ def test_cli_export_then_eval_and_predict_packed(run_cli, tmp_path):
     assert predictions[0] == predictions[1]
 
 
-def test_cli_packed_without_kernel_is_one_line(run_cli, tmp_path, monkeypatch):
-    packed = tmp_path / "m.packed.safetensors"
-    export_packed(_with_bn_statistics(create_model("nin_xnornet")), packed, check=False)
+def test_cli_packed_without_kernel_is_one_line(nin_packed, run_cli, tmp_path, monkeypatch):
+    packed = nin_packed[1]
     monkeypatch.setattr(bk, "_library_path", lambda: None)
     bk._load.cache_clear()
     try:
