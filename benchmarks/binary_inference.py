@@ -168,6 +168,12 @@ def network_table(model, runner, batch: int, runs: int, threads: int, tmp: Path)
         ratio = "" if name == "packed" else f"{ms / cpu['packed']:.2f}× faster"
         lines.append(f"| {name} | {ms:.3f} | ({wall[name]:.3f}) | {1e3 * batch / ms:,.0f} | {ratio} |")
     lines.append(f"packed vs the fastest float execution of the same network: **{fastest_float / cpu['packed']:.2f}×**")
+    fastest = min((k for k in cpu if k.startswith("float, weights precomputed")), key=cpu.get)
+    with torch.no_grad():  # the two alone, so that the others' weights do not evict theirs from the caches
+        pair = time_interleaved({k: _repeated(fns[k], repeat) for k in ("packed", fastest)}, warmup=3, runs=runs)
+    head = {name: median_ms(t[1]) / repeat for name, t in pair.items()}
+    lines.append(f"head to head with {fastest} alone: {head['packed']:.3f} vs {head[fastest]:.3f} CPU ms, "
+                 f"**{head[fastest] / head['packed']:.2f}×**")  # fmt: skip
     if isinstance(session, str):
         lines.append(f"(no onnxruntime baseline: {session})")
     return lines

@@ -54,7 +54,7 @@ def _eval(args, parser, argv):
     from .engine.evaluate import build_eval_loader, evaluate
 
     model, _ = _load_for_inference(args)
-    device = resolve_device(args.device)
+    device = resolve_device("cpu" if args.packed else args.device)  # the packed kernel runs on the CPU
     loader = build_eval_loader(
         model.pretrained_cfg, args.data, args.dataset, args.split, args.batch_size, args.workers, args.limit
     )

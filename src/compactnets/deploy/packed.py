@@ -547,6 +547,8 @@ class PackedModel(nn.Module):
             self._steps.append((node["op"], binary(node, t) if binary else _float_op(node, t), binary is not None))
 
     def _run(self, x: torch.Tensor, collect: list | None = None) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 4:
+            raise ValueError(f"the packed runner takes a CPU batch (N, C, H, W), not {x.device} {tuple(x.shape)}")
         x = x.float().contiguous(memory_format=torch.channels_last)
         binary = False
         for op, step, binary in self._steps:
