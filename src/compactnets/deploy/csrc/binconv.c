@@ -214,8 +214,17 @@ static inline __attribute__((always_inline)) void pixel_loop(cn_work *work, bloc
         work->status = -1;
         goto done;
     }
-    for (int64_t p = work->begin; p < work->end; p++) {
-        int64_t ow = p % a->out_width, oh = (p / a->out_width) % a->out_height, n = p / (a->out_width * a->out_height);
+    /* (n, oh, ow) of the first pixel, then stepped: no divisions per pixel */
+    int64_t ow = work->begin % a->out_width, oh = (work->begin / a->out_width) % a->out_height;
+    int64_t n = work->begin / (a->out_width * a->out_height);
+    for (int64_t p = work->begin; p < work->end; p++, ow++) {
+        if (ow == a->out_width) {
+            ow = 0;
+            if (++oh == a->out_height) {
+                oh = 0;
+                n++;
+            }
+        }
         int border = 0;
         for (int64_t kh = 0; kh < a->kernel_h; kh++) {
             int64_t ih = oh * a->stride_h - a->pad_h + kh * a->dilation_h;
