@@ -196,7 +196,21 @@ static inline uint64_t bytes_to_bits_portable(const uint8_t *b) {
 
 /* The pixel loop, written once and specialised per path (always_inline into each target function below, so that
  * the block kernel is called directly and the per-channel epilogue is vectorised with that path's instructions). */
-static inline __attribute__((always_inline)) void pixel_loop(cn_work *work, block_fn block) {
+typedef uint64_t (*bits_fn)(const uint8_t *b);
+
+#ifdef CN_X86
+__attribute__((target("avx2"))) static inline uint64_t bytes_to_bits_avx2(const uint8_t *b) {
+    __m256i lo = _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)b), 7);
+    __m256i hi = _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)(b + 32)), 7);
+    return (uint64_t)(uint32_t)_mm256_movemask_epi8(lo) | (uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32;
+}
+
+__attribute__((target("avx512f,avx512bw"))) static inline uint64_t bytes_to_bits_avx512(const uint8_t *b) {
+    return _mm512_test_epi8_mask(_mm512_loadu_si512((const void *)b), _mm512_set1_epi8(1));
+}
+#endif
+
+static inline __attribute__((always_inline)) void pixel_loop(cn_work *work, block_fn block, bits_fn to_bits) {
     const cn_bconv_args *a = work->a;
     const int64_t ntaps = a->kernel_h * a->kernel_w;
     const int64_t cout = a->groups * a->out_per_group;
@@ -267,7 +281,7 @@ static inline __attribute__((always_inline)) void pixel_loop(cn_work *work, bloc
             for (int64_t og = 0; og < a->out_groups; og++) {
                 const uint8_t *neg = negative + og * cpg;
                 for (int64_t w = 0; w < a->out_group_words; w++) {
-                    uint64_t word = bytes_to_bits_portable(neg + 64 * w);
+                    uint64_t word = to_bits(neg + 64 * w);
                     int64_t valid = cpg - 64 * w; /* the bytes past this group belong to the next one */
                     out[og * a->out_group_words + w] = valid >= 64 ? word : word & ((1ULL << valid) - 1);
                 }
@@ -285,16 +299,16 @@ done:
 }
 
 static void *run_portable(void *w) {
-    pixel_loop((cn_work *)w, block_portable);
+    pixel_loop((cn_work *)w, block_portable, bytes_to_bits_portable);
     return NULL;
 }
 #ifdef CN_X86
 __attribute__((target("avx2"))) static void *run_avx2(void *w) {
-    pixel_loop((cn_work *)w, block_avx2);
+    pixel_loop((cn_work *)w, block_avx2, bytes_to_bits_avx2);
     return NULL;
 }
 __attribute__((target("avx512f,avx512vpopcntdq,avx512bw,avx512vl"))) static void *run_avx512(void *w) {
-    pixel_loop((cn_work *)w, block_avx512);
+    pixel_loop((cn_work *)w, block_avx512, bytes_to_bits_avx512);
     return NULL;
 }
 #endif
