@@ -1,4 +1,4 @@
-"""The ``compactnets`` command: train, eval, predict, profile, list and convert."""
+"""The ``compactnets`` command: train, eval, predict, profile, list, reproduce and convert."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from .checkpoint import CheckpointError
 from .data import DataError, ImageReadError
 from .deploy.binary_kernel import BinaryKernelUnavailable
 from .engine.recipes import RecipeError
+from .engine.reproduce import ReproduceError
 from .registry import ModelArgumentError, UnknownModelError
 from .safe_pickle import UnsafePickleError
 
 # Errors that describe bad input: printed as one line, exit status 2. Anything else is a bug: traceback.
 USER_ERRORS = (
     UnknownModelError, DataError, ImageReadError, CheckpointError, RecipeError, UnsafePickleError,
-    ModelArgumentError, FileNotFoundError, FloatingPointError, BinaryKernelUnavailable,
+    ModelArgumentError, FileNotFoundError, FloatingPointError, ReproduceError, BinaryKernelUnavailable,
 )  # fmt: skip
 
 
@@ -30,6 +31,7 @@ def _train(args, parser, argv):
     if args.resume:
         defaults = stored_args(args.resume)
         defaults.pop("resume", None)
+        defaults.setdefault("fast_data", "off")  # a run from before the fast path keeps its DataLoader batches
         defaults["output"] = str(resume_checkpoint_path(args.resume).parent)
     elif args.recipe:
         defaults = recipe_defaults(parser, args.recipe)
@@ -172,6 +174,12 @@ def _list(args, parser, argv):
         print("  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip())
 
 
+def _reproduce(args, parser, argv):
+    from .engine.reproduce import main
+
+    main(args)
+
+
 def _convert(args, parser, argv):
     from .convert import convert_checkpoint
     from .registry import parse_model_kwargs
@@ -200,6 +208,7 @@ def _export(args, parser, argv):
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from .data.datasets import KINDS
+    from .engine.reproduce import add_reproduce_args
     from .engine.train import add_train_args
     from .profiler import CONVENTIONS
     from .registry import list_families
@@ -271,6 +280,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--checkpoint", help="compactnets checkpoint (default: the model's initial weights)")
     p.add_argument("--format", required=True, choices=["packed"], help="packed: 1-bit weights for binary models")
     p.add_argument("--out", required=True, help="output file")
+
+    p = command("reproduce", "train the rows of a published table; table of published vs measured top-1", _reproduce)
+    add_reproduce_args(p)
 
     p = command("convert", "convert an official checkpoint into a compactnets checkpoint", _convert)
     p.add_argument("--family", required=True, choices=list_families())
