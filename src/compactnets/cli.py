@@ -1,4 +1,4 @@
-"""The ``compactnets`` command: train, eval, predict, profile, list and convert."""
+"""The ``compactnets`` command: train, eval, predict, profile, list, reproduce and convert."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import sys
 from . import __version__
 from .checkpoint import CheckpointError
 from .data import DataError, ImageReadError
+from .deploy.binary_kernel import BinaryKernelUnavailable
 from .engine.recipes import RecipeError
+from .engine.reproduce import ReproduceError
 from .registry import ModelArgumentError, UnknownModelError
 from .safe_pickle import UnsafePickleError
 
 # Errors that describe bad input: printed as one line, exit status 2. Anything else is a bug: traceback.
 USER_ERRORS = (
     UnknownModelError, DataError, ImageReadError, CheckpointError, RecipeError, UnsafePickleError,
-    ModelArgumentError, FileNotFoundError, FloatingPointError,
+    ModelArgumentError, FileNotFoundError, FloatingPointError, ReproduceError, BinaryKernelUnavailable,
 )  # fmt: skip
 
 
@@ -29,6 +31,7 @@ def _train(args, parser, argv):
     if args.resume:
         defaults = stored_args(args.resume)
         defaults.pop("resume", None)
+        defaults.setdefault("fast_data", "off")  # a run from before the fast path keeps its DataLoader batches
         defaults["output"] = str(resume_checkpoint_path(args.resume).parent)
     elif args.recipe:
         defaults = recipe_defaults(parser, args.recipe)
@@ -50,10 +53,10 @@ def _eval(args, parser, argv):
     import torch
 
     from .engine.distributed import resolve_device
-    from .engine.evaluate import build_eval_loader, evaluate, load_model
+    from .engine.evaluate import build_eval_loader, evaluate
 
-    model, _ = load_model(args.checkpoint, args.model)
-    device = resolve_device(args.device)
+    model, _ = _load_for_inference(args)
+    device = resolve_device("cpu" if args.packed else args.device)  # the packed kernel runs on the CPU
     loader = build_eval_loader(
         model.pretrained_cfg, args.data, args.dataset, args.split, args.batch_size, args.workers, args.limit
     )
@@ -64,12 +67,13 @@ def _eval(args, parser, argv):
     row = {
         "model": cfg["architecture"],
         "checkpoint": args.checkpoint,
+        **({"packed": args.packed} if args.packed else {}),
         "data": args.data or "embedded",
         "split": args.split,
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
         "top1_err": round(100 - result["top1"], 4),
         "top5_err": round(100 - result["top5"], 4),
-        "param_count": sum(p.numel() for p in model.parameters()),
+        "param_count": getattr(model, "param_count", None) or sum(p.numel() for p in model.parameters()),
         "img_size": cfg["input_size"][-1],
         "crop_pct": cfg["crop_pct"],
         "interpolation": cfg["interpolation"],
@@ -85,10 +89,22 @@ def _eval(args, parser, argv):
         )
 
 
-def _predict(args, parser, argv):
-    from .engine.evaluate import label_names, load_model, predict_images
+def _load_for_inference(args):
+    """The model of ``--checkpoint``, or the runner of ``--packed``, with what label_names needs."""
+    if args.packed:
+        from .deploy.packed import load_packed
 
-    model, ckpt = load_model(args.checkpoint, args.model)
+        runner = load_packed(args.packed)
+        return runner, {"class_names": runner.class_names}
+    from .engine.evaluate import load_model
+
+    return load_model(args.checkpoint, args.model)
+
+
+def _predict(args, parser, argv):
+    from .engine.evaluate import label_names, predict_images
+
+    model, ckpt = _load_for_inference(args)
     results = predict_images(model, args.images, label_names(model, ckpt), args.topk)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -158,6 +174,12 @@ def _list(args, parser, argv):
         print("  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip())
 
 
+def _reproduce(args, parser, argv):
+    from .engine.reproduce import main
+
+    main(args)
+
+
 def _convert(args, parser, argv):
     from .convert import convert_checkpoint
     from .registry import parse_model_kwargs
@@ -166,8 +188,27 @@ def _convert(args, parser, argv):
     print(f"converted {args.src} -> {result['output']} ({args.model}, {result['tensors']} tensors)")
 
 
+def _export(args, parser, argv):
+    from .deploy.packed import export_packed
+    from .engine.evaluate import load_model
+    from .registry import create_model
+
+    if args.checkpoint:
+        model, ckpt = load_model(args.checkpoint, args.model)
+    elif not args.model:
+        parser.error("name a model or pass --checkpoint")
+    else:
+        model, ckpt = create_model(args.model).eval(), {}
+    info = export_packed(model, args.out, class_names=ckpt.get("class_names"))
+    error = info["check_error"]
+    check = "not checked" if error is None else f"checked: max |diff| = {error:.1e} x max |logit|"
+    print(f"exported {model.pretrained_cfg['architecture']} -> {info['output']} ({args.format}, {info['bytes']:,} "
+          f"bytes, {info['binary_convs']} binary convs; {check})")  # fmt: skip
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from .data.datasets import KINDS
+    from .engine.reproduce import add_reproduce_args
     from .engine.train import add_train_args
     from .profiler import CONVENTIONS
     from .registry import list_families
@@ -190,7 +231,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_train_args(p)
 
     def add_checkpoint_args(p):
-        p.add_argument("--checkpoint", required=True, help="compactnets checkpoint (train or convert output)")
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--checkpoint", help="compactnets checkpoint (train or convert output)")
+        source.add_argument("--packed", help="packed binary model (compactnets export --format packed)")
         p.add_argument("--model", help="model name (default: the one the checkpoint names)")
 
     p = command("eval", "top-1/top-5 and loss of a checkpoint on a dataset", _eval)
@@ -231,6 +274,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--family", choices=list_families())
     p.add_argument("--recipes", action="store_true", help="list the training recipes instead")
     p.add_argument("--json", action="store_true")
+
+    p = command("export", "write a model in a deployment format", _export)
+    p.add_argument("model", help="model name (with --checkpoint: default the one it names)", nargs="?")
+    p.add_argument("--checkpoint", help="compactnets checkpoint (default: the model's initial weights)")
+    p.add_argument("--format", required=True, choices=["packed"], help="packed: 1-bit weights for binary models")
+    p.add_argument("--out", required=True, help="output file")
+
+    p = command("reproduce", "train the rows of a published table; table of published vs measured top-1", _reproduce)
+    add_reproduce_args(p)
 
     p = command("convert", "convert an official checkpoint into a compactnets checkpoint", _convert)
     p.add_argument("--family", required=True, choices=list_families())

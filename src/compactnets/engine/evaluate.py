@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..checkpoint import CheckpointError, apply_preprocessing, extract_state_dict, load_file, load_state_dict_checked
 from ..data import build_dataset, class_names, eval_transform, load_rgb_image
+from ..data.datasets import subset_indices
 from ..registry import create_model, is_model
 from .distributed import DistInfo, ShardSampler, all_reduce_sum
 
@@ -26,10 +27,10 @@ def default_workers(kind: str) -> int:
 
 
 def limit_dataset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    """A fixed random subset of ``limit`` samples (same seed, same subset); keeps ``.classes``."""
-    if not limit or limit >= len(dataset):
+    """A fixed random subset of ``limit`` samples (see ``subset_indices``); keeps ``.classes``."""
+    indices = subset_indices(len(dataset), limit, seed)
+    if indices is None:
         return dataset
-    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
     subset = Subset(dataset, indices)
     subset.classes = dataset.classes
     return subset
