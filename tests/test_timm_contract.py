@@ -329,8 +329,11 @@ def test_converted_checkpoint_model_kwargs_are_applied(tmp_path):
     save_atomic({"model_state_dict": official.state_dict()}, src)
     convert_checkpoint("xnor-net", "nin_gc_xnornet", src, tmp_path / "c.pth", {"center_weights": False})
     x = torch.randn(2, 3, 32, 32)
+    shipped = tmp_path / "shipped.safetensors"  # as tools/ship_weights.py writes them
+    safetensors_torch.save_file(official.state_dict(), shipped, metadata={"model_kwargs": '{"center_weights": false}'})
     for loaded in (
         compactnets.create_model("nin_gc_xnornet", pretrained=tmp_path / "c.pth"),
+        compactnets.create_model("nin_gc_xnornet", pretrained=shipped),
         torch.hub.load(str(REPO_ROOT), "nin_gc_xnornet", source="local", pretrained=str(tmp_path / "c.pth")),
     ):
         assert not loaded.sequential[1].conv.center

@@ -9,6 +9,7 @@ Official checkpoints of the supported repositories nest their weights under othe
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from collections.abc import Mapping
@@ -113,20 +114,25 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
 
 
 def read_weights(path: str | Path) -> dict:
-    """A weights file as a dict: ``.safetensors`` through safetensors (a flat state dict), anything else as a
-    torch checkpoint with ``weights_only=True`` (:func:`load_file`). Never unpickles arbitrary objects."""
+    """A weights file as a dict: ``.safetensors`` through safetensors (its state dict, plus the ``model_kwargs``
+    JSON of its metadata when there is one, as ``tools/ship_weights.py`` writes), anything else as a torch
+    checkpoint with ``weights_only=True`` (:func:`load_file`). Never unpickles arbitrary objects."""
     path = Path(path)
     if path.suffix != ".safetensors":
         return load_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file as load_safetensors
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_safetensors(path, device="cpu")
+        with safe_open(path, framework="pt", device="cpu") as f:
+            state_dict = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+            metadata = f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from e
+    if "model_kwargs" not in metadata:
+        return state_dict
+    return {"state_dict": state_dict, "model_kwargs": json.loads(metadata["model_kwargs"])}
 
 
 def load_pretrained(model: nn.Module, source: str | Path | Mapping, what: str | None = None) -> dict:
