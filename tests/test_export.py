@@ -94,7 +94,7 @@ def test_cli_export_then_eval_and_predict_give_the_pytorch_results(run_cli, tmp_
     torch_row, onnx_row = results["--checkpoint"], results["--onnx"]
     assert onnx_row["top1"] == torch_row["top1"] and onnx_row["top5"] == torch_row["top5"]
     assert onnx_row["loss"] == pytest.approx(torch_row["loss"], abs=1e-3)
-    assert onnx_row["count"] == 64 and onnx_row["checkpoint"] == str(out)
+    assert onnx_row["count"] == 64 and onnx_row["onnx"] == str(out)
     image = next((image_folder / "val" / "cat").iterdir())
     predictions = {}
     for flag, path in (("--checkpoint", checkpoint), ("--onnx", out)):

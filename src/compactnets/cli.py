@@ -11,6 +11,7 @@ from . import __version__
 from .checkpoint import CheckpointError
 from .data import DataError, ImageReadError
 from .deploy import DeployError
+from .deploy.binary_kernel import BinaryKernelUnavailable
 from .engine.recipes import RecipeError
 from .engine.reproduce import ReproduceError
 from .registry import ModelArgumentError, UnknownModelError
@@ -19,7 +20,7 @@ from .safe_pickle import UnsafePickleError
 # Errors that describe bad input: printed as one line, exit status 2. Anything else is a bug: traceback.
 USER_ERRORS = (
     UnknownModelError, DataError, ImageReadError, CheckpointError, RecipeError, UnsafePickleError,
-    ModelArgumentError, FileNotFoundError, FloatingPointError, ReproduceError, DeployError,
+    ModelArgumentError, FileNotFoundError, FloatingPointError, ReproduceError, BinaryKernelUnavailable, DeployError,
 )  # fmt: skip
 
 
@@ -54,10 +55,10 @@ def _eval(args, parser, argv):
     import torch
 
     from .engine.distributed import resolve_device
-    from .engine.evaluate import build_eval_loader, evaluate, load_model
+    from .engine.evaluate import build_eval_loader, evaluate
 
-    model, _ = _load_for_inference(args, load_model)
-    device = resolve_device(args.device)
+    model, _ = _load_for_inference(args)
+    device = resolve_device(args.device)  # a deployed file's runner sets it to the CPU
     loader = build_eval_loader(
         model.pretrained_cfg, args.data, args.dataset, args.split, args.batch_size, args.workers, args.limit
     )
@@ -65,9 +66,11 @@ def _eval(args, parser, argv):
         model.to(memory_format=torch.channels_last)
     result = evaluate(model.to(device), loader, device, channels_last=args.channels_last)
     cfg = model.pretrained_cfg
+    fmt, path = _deployed_file(args)
     row = {
         "model": cfg["architecture"],
-        "checkpoint": args.checkpoint or _deployed_file(args)[1],
+        "checkpoint": args.checkpoint,
+        **({fmt: path} if fmt else {}),
         "data": args.data or "embedded",
         "split": args.split,
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
@@ -90,9 +93,9 @@ def _eval(args, parser, argv):
 
 
 def _predict(args, parser, argv):
-    from .engine.evaluate import label_names, load_model, predict_images
+    from .engine.evaluate import label_names, predict_images
 
-    model, ckpt = _load_for_inference(args, load_model)
+    model, ckpt = _load_for_inference(args)
     results = predict_images(model, args.images, label_names(model, ckpt), args.topk)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -110,18 +113,17 @@ def _deployed_file(args) -> tuple[str | None, str | None]:
     return next(((fmt, getattr(args, fmt)) for fmt in FORMATS if getattr(args, fmt, None)), (None, None))
 
 
-def _load_for_inference(args, load_model):
+def _load_for_inference(args):
     """The model of ``--checkpoint``, or the runner of a deployed file (CPU; its class names as the checkpoint's)."""
     from .deploy import load_deployed
+    from .engine.evaluate import load_model
 
     fmt, path = _deployed_file(args)
     if fmt is None:
         return load_model(args.checkpoint, args.model)
     if args.model:
         raise DeployError(f"--model applies to --checkpoint; a --{fmt} file names its model")
-    if getattr(args, "device", "cpu") not in ("auto", "cpu"):
-        raise DeployError(f"--{fmt} runs on the CPU; drop --device {args.device}")
-    args.device = "cpu"
+    args.device = "cpu"  # the runners (onnxruntime, the packed kernel) run on the CPU
     runner = load_deployed(fmt, path)
     return runner, {"class_names": runner.class_names}
 
@@ -144,11 +146,15 @@ def _export(args, parser, argv):
         options["opset"] = args.opset
     result = FORMATS[args.format].function("export")(model, args.out, **options)
     check = result.get("check_error")
+    details = [args.format]
+    if "batch" in result:
+        details.append(f"batch {result['batch']}")
+    if "bytes" in result:
+        details.append(f"{result['bytes']:,} bytes, {result['binary_convs']} binary convs")
+    if "input_size" in result:
+        details.append(f"input {'x'.join(map(str, result['input_size']))}")
     checked = "not checked" if check is None else f"checked: max |diff| = {check:.1e} x max |logit|"
-    print(
-        f"exported {model.pretrained_cfg['architecture']} -> {result['output']} ({args.format}, batch "
-        f"{result['batch']}, input {'x'.join(map(str, result['input_size']))}; {checked})"
-    )
+    print(f"exported {model.pretrained_cfg['architecture']} -> {result['output']} ({', '.join(details)}; {checked})")
 
 
 def _bench(args, parser, argv):

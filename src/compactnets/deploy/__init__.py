@@ -1,4 +1,4 @@
-"""Deployment: the inference form of a model, export to files another runtime runs, and latency benchmarks.
+"""Deployment: inference forms, export formats and runners (ONNX, packed binary), benchmarks.
 
 * :func:`inference_form`: an eval-mode copy of a model with its family's inference form applied (a model class
   may define ``inference_form()``, e.g. MicroNet's fused form, WeightNet's static mixture) and then every
@@ -56,18 +56,20 @@ class Format:
     export: str
     load: str
     suffix: str
-    needs: str  # the pip extra that provides its runtime
+    needs: str | None = None  # the pip extra that provides its runtime
 
     def function(self, which: str):
         try:
             module = importlib.import_module(self.module)
         except ImportError as e:
-            raise DeployError(f"{e.name} is not installed: pip install 'compactnets[{self.needs}]'") from e
+            hint = f": pip install 'compactnets[{self.needs}]'" if self.needs else ""
+            raise DeployError(f"{e.name} is not installed{hint}") from e
         return getattr(module, getattr(self, which))
 
 
 FORMATS: dict[str, Format] = {
     "onnx": Format("compactnets.deploy.onnx", "export_onnx", "load_onnx", ".onnx", "onnx"),
+    "packed": Format("compactnets.deploy.packed", "export_packed", "load_packed", ".packed.safetensors"),
 }
 
 

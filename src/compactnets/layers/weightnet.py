@@ -28,7 +28,7 @@ outputs, mixed per sample. With M = G = 2 it has the MACs of the conv it replace
 BN folds into ``S_j``, and it exports to ONNX with a dynamic batch as plain Conv, Mul and ReduceSum.
 """
 
-from __future__ import annotations
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +40,9 @@ PER_SAMPLE_IMPLS = ("grouped", "matmul")
 
 
 def _check_impl(impl: str) -> None:
-    if impl not in PER_SAMPLE_IMPLS:
-        raise ValueError(f"unknown per-sample convolution {impl!r}; choose from {', '.join(PER_SAMPLE_IMPLS)}")
+    if impl != "grouped" and impl != "matmul":  # PER_SAMPLE_IMPLS, spelled out for TorchScript
+        # concatenation, not an f-string: this runs in forward, which TorchScript compiles
+        raise ValueError("unknown per-sample convolution '" + impl + "'; choose from grouped, matmul")
 
 
 def _out_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -91,11 +92,12 @@ def per_sample_depthwise_conv2d(
     out_h, out_w = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
     x = F.pad(x, (padding, padding, padding, padding))
     weight = weight[..., None, None]  # (N, C, k, k, 1, 1): broadcast over each output position
-    y = None
+    y: Optional[torch.Tensor] = None  # noqa: UP045 (TorchScript reads Optional, not `| None`, in a function body)
     for i in range(k):
         for j in range(k):
             tap = x[:, :, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride]
             y = tap * weight[:, :, i, j] if y is None else y + tap * weight[:, :, i, j]
+    assert y is not None
     return y
 
 
@@ -129,7 +131,7 @@ class _KernelGenerator(nn.Module):
         return self.wn_fc2(self.sigmoid(self.wn_fc1(x_gap)))
 
     @torch.no_grad()
-    def _mixture(self, static: torch.Tensor, gate_rows: torch.Tensor, depthwise: bool, bn) -> MixtureConv2d:
+    def _mixture(self, static: torch.Tensor, gate_rows: torch.Tensor, depthwise: bool, bn) -> "MixtureConv2d":
         """``static``: (parts, out, gates per part, fan-in) kernels; ``gate_rows``: (parts, out, gates), the
         ``wn_fc1`` output that scales each."""
         parts, out_chs, gates, fan_in = static.shape
@@ -188,7 +190,7 @@ class WeightNet(_KernelGenerator):
     def extra_repr(self) -> str:
         return f"{self.in_chs}, {self.out_chs}, kernel_size={self.kernel_size}, stride={self.stride}, impl={self.impl}"
 
-    def mixture(self, bn: nn.Module | None = None) -> MixtureConv2d:
+    def mixture(self, bn: nn.Module | None = None) -> "MixtureConv2d":
         """The static inference form of ``bn(self(x, x_gap))`` (eval-mode BN; None: this layer alone). Needs G
         to divide ``in_chs`` (each of the G parts of a kernel row then covers whole input channels)."""
         groups, out_chs = self.wn_fc2.groups // self.out_chs, self.out_chs
@@ -232,7 +234,7 @@ class WeightNetDW(_KernelGenerator):
     def extra_repr(self) -> str:
         return f"{self.chs}, kernel_size={self.kernel_size}, stride={self.stride}, impl={self.impl}"
 
-    def mixture(self, bn: nn.Module | None = None) -> MixtureConv2d:
+    def mixture(self, bn: nn.Module | None = None) -> "MixtureConv2d":
         """The static inference form of ``bn(self(x, x_gap))`` (eval-mode BN; None: this layer alone)."""
         gates = self.wn_fc2.in_channels // self.chs
         static = self.wn_fc2.weight.reshape(1, self.chs, -1, gates).transpose(2, 3)  # (1, chs, gates, k*k)
