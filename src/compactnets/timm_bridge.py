@@ -13,8 +13,6 @@ import importlib.abc
 import importlib.util
 import sys
 
-from .registry import create_model, get_model_cfg, list_models
-
 # timm's register_model reads this module's default_cfgs (plain dicts of PretrainedCfg fields).
 default_cfgs: dict[str, dict] = {}
 _TIMM_CFG_KEYS = ("num_classes", "input_size", "crop_pct", "interpolation", "mean", "std", "first_conv", "classifier")
@@ -22,6 +20,8 @@ _TIMM_CFG_KEYS = ("num_classes", "input_size", "crop_pct", "interpolation", "mea
 
 def _entrypoint(name: str):
     def fn(pretrained=False, **kwargs):
+        from .registry import create_model
+
         for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
             kwargs.pop(timm_only, None)
         return create_model(name, pretrained=pretrained, **kwargs)
@@ -35,6 +35,8 @@ def _entrypoint(name: str):
 def register_all() -> list[str]:
     """Register every compactnets model with timm; names timm already uses are left to timm."""
     from timm.models import is_model, register_model
+
+    from .registry import get_model_cfg, list_models
 
     registered = []
     for name in list_models():
