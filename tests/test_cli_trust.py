@@ -311,3 +311,20 @@ def test_train_help_shows_defaults_and_print_config_resolves_a_recipe(run_cli, c
     status, out, _ = run_cli("train", "--recipe", "nin_xnornet_cifar10", "--epochs", "4", "--print-config")
     options = json.loads(out)
     assert status == 0 and options["lr"] == 0.1 and options["epochs"] == 4 and options["model"] == "nin_xnornet"
+
+
+def test_progress_off_a_terminal_is_one_line_every_n_batches():
+    import io
+
+    from compactnets.engine.progress import Progress
+
+    stream = io.StringIO()
+    progress = Progress(True, "epoch 1/1", interval=4, stream=stream)
+    for i in progress(list(range(10))):
+        progress.postfix(loss=float(i))
+    assert stream.getvalue().splitlines() == [
+        "epoch 1/1: 4/10  loss 3.000",
+        "epoch 1/1: 8/10  loss 7.000",
+        "epoch 1/1: 10/10  loss 9.000",
+    ]
+    assert list(Progress(False, "off", stream=stream)(range(3))) == [0, 1, 2]

@@ -76,8 +76,9 @@ def _eval(args, parser, argv):
 
     from .engine.distributed import resolve_device
     from .engine.evaluate import build_eval_loader, checkpoint_path, evaluate, load_model
+    from .engine.progress import Progress
 
-    _at_least(args, 1, "batch-size", "limit")
+    _at_least(args, 1, "batch-size", "limit", "log-interval")
     _at_least(args, 0, "workers")
     device = resolve_device(args.device)  # a missing GPU is reported before any data is read
     model, _ = load_model(args.checkpoint, args.model)
@@ -88,7 +89,8 @@ def _eval(args, parser, argv):
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    result = evaluate(model, loader, device, channels_last=args.channels_last)
+    progress = Progress(not args.no_progress, "eval", args.log_interval)
+    result = evaluate(model, loader, device, channels_last=args.channels_last, progress=progress)
     cfg = model.pretrained_cfg
     row = {
         "model": cfg["architecture"],
@@ -332,6 +334,8 @@ def _eval_args(p):
         " rounding-level differences of summation order: the same format gives the training log's figures)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--log-interval", type=int, default=20, help="batches between progress lines off a terminal")
 
 
 def _predict_args(p):

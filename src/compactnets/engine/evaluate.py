@@ -92,7 +92,7 @@ def _dataset_names(model: nn.Module) -> list[str] | None:
 def label_names(model: nn.Module, ckpt: dict | None = None) -> list[str]:
     """A name per output: the loaded object's ``class_names`` (checkpoint or runner), else numbers."""
     names = getattr(model, "class_names", None) or (ckpt or {}).get("class_names") or _dataset_names(model)
-    num = len(names) if names else model.pretrained_cfg["num_classes"]
+    num = model.pretrained_cfg["num_classes"]
     return list(names) if names and len(names) == num else [str(i) for i in range(num)]
 
 
@@ -147,12 +147,15 @@ def build_eval_loader(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast=None, channels_last=False) -> dict:
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, autocast=None, channels_last=False, progress=None
+) -> dict:
     """Mean cross-entropy (no smoothing), top-1 and top-5 in %, over every sample of ``loader``
-    (summed across ranks when distributed)."""
+    (summed across ranks when distributed); ``progress`` (a :class:`~compactnets.engine.progress.Progress`)
+    wraps the loader."""
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
-    for images, targets in loader:
+    for images, targets in progress(loader) if progress else loader:
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

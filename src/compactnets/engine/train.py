@@ -37,7 +37,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
 
 from ..checkpoint import (
     CHECKPOINT_VERSION,
@@ -55,6 +54,7 @@ from ..registry import create_model, get_model_cfg, parse_model_kwargs
 from .distributed import init_distributed, resolve_device, shutdown_distributed
 from .evaluate import build_eval_loader, default_workers, evaluate, limit_dataset
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
+from .progress import Progress
 
 DEFAULT_MODEL = "nin"
 LOG_FIELDS = (
@@ -118,7 +118,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--print-config", action="store_true", help="print the resolved options (JSON) and exit")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: never)")
     g.add_argument("--eval-first", action="store_true", help="also evaluate before training")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    g.add_argument("--log-interval", type=int, default=50, help="batches between progress lines off a terminal")
     parser.set_defaults(phases=None)  # set by a recipe's [[phases]] tables only
     return parser
 
@@ -273,23 +274,6 @@ def train_one_epoch(
     }
 
 
-class _Progress:
-    """tqdm over the batches of an epoch (silent on other ranks or with --no-progress)."""
-
-    def __init__(self, enabled: bool, desc: str):
-        self.enabled, self.desc, self.bar = enabled, desc, None
-
-    def __call__(self, loader):
-        if not self.enabled:
-            return loader
-        self.bar = tqdm(loader, desc=self.desc, leave=False, dynamic_ncols=True)
-        return self.bar
-
-    def postfix(self, **values):
-        if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
-
-
 # --- the run ----------------------------------------------------------------------------------------------
 
 
@@ -331,6 +315,8 @@ def check_options(args: argparse.Namespace) -> None:
         value = getattr(args, option, None)
         if value is not None and value < 1:
             fail(option.replace("_", "-"), value, "a positive integer")
+    if args.log_interval < 1:
+        fail("log-interval", args.log_interval, "a positive integer")
     for option in ("workers", "eval_every"):
         value = getattr(args, option, None)
         if value is not None and value < 0:
@@ -542,6 +528,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         log(f"epoch 0 (before training): eval loss {e['loss']:.3f} top-1 {e['top1']:.2f} top-5 {e['top5']:.2f}")
 
     phases = build_phases(args)
+    show_progress = dist_info.is_main and not args.no_progress
     metrics = {}
     for index, phase in enumerate(phases):
         if phase.end <= start_epoch:
@@ -572,7 +559,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             if sampler is not None:
                 sampler.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            progress = _Progress(dist_info.is_main and not args.no_progress, f"epoch {epoch + 1}/{args.epochs}")
+            progress = Progress(show_progress, f"epoch {epoch + 1}/{args.epochs}", args.log_interval)
             train_stats = train_one_epoch(
                 model, optimizer, scheduler, train_loader, device, phase.args, scaler, autocast, progress,
                 first_step=epoch * iters_per_epoch,
@@ -600,7 +587,8 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
                         {**state, "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state()},
                         out / "last.pth",
                     )
-                eval_stats = evaluate(model, eval_loader, device, autocast, args.channels_last)
+                eval_progress = Progress(show_progress, f"eval after epoch {epoch + 1}", args.log_interval)
+                eval_stats = evaluate(model, eval_loader, device, autocast, args.channels_last, eval_progress)
             score = eval_stats["top1"] if eval_stats else train_stats["top1"]
             is_best = best is None or score > best
             if is_best:
