@@ -90,10 +90,12 @@ def test_short_run_learns_real_images(run_cli, tmp_path):
     assert json.loads(stdout)["top1"] == pytest.approx(float(rows[-1]["eval_top1"]))
 
 
-def test_resume_is_exact(run_cli, tmp_path, monkeypatch):
-    """A run stopped after epoch 1 and resumed == the same run uninterrupted (losses, weights, schedule)."""
+@pytest.mark.parametrize("fast_data", ["on", "off"])
+def test_resume_is_exact(run_cli, tmp_path, monkeypatch, fast_data):
+    """A run stopped after epoch 1 and resumed == the same run uninterrupted (losses, weights, schedule), on
+    the in-memory fast path and the DataLoader path."""
     common = [*TINY, "--train-limit", "300", "--eval-limit", "100", "--batch-size", "50", "--deterministic",
-              "--epochs", "2", "--no-progress"]  # fmt: skip
+              "--epochs", "2", "--no-progress", "--fast-data", fast_data]  # fmt: skip
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert run_cli("train", *common, "--output", straight)[0] == 0
 

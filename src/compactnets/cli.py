@@ -1,4 +1,4 @@
-"""The ``compactnets`` command: train, eval, predict, profile, list and convert.
+"""The ``compactnets`` command: train, eval, predict, profile, list, reproduce and convert.
 
 Start-up stays fast: this module imports no torch; a command's options (and the modules they need) are built
 only when that command runs, so ``compactnets --help`` and ``--version`` import nothing heavy and ``list``
@@ -13,13 +13,21 @@ import sys
 
 from . import __version__
 from .engine.recipes import RecipeError
-from .errors import CheckpointError, DataError, ImageReadError, ModelArgumentError, OptionError, UnknownModelError
+from .errors import (
+    CheckpointError,
+    DataError,
+    ImageReadError,
+    ModelArgumentError,
+    OptionError,
+    ReproduceError,
+    UnknownModelError,
+)
 from .safe_pickle import UnsafePickleError
 
 # Errors that describe bad input: printed as one line, exit status 2. Anything else is a bug: traceback.
 USER_ERRORS = (
     UnknownModelError, DataError, ImageReadError, CheckpointError, RecipeError, UnsafePickleError,
-    ModelArgumentError, OptionError, FileNotFoundError, FloatingPointError,
+    ModelArgumentError, OptionError, FileNotFoundError, FloatingPointError, ReproduceError,
 )  # fmt: skip
 
 
@@ -47,6 +55,7 @@ def _train(args, parser, argv):
         defaults = stored_args(args.resume)
         for one_off in ("resume", "overwrite", "print_config"):  # said for one invocation, not for the run
             defaults.pop(one_off, None)
+        defaults.setdefault("fast_data", "off")  # a run from before the fast path keeps its DataLoader batches
         defaults["output"] = str(resume_checkpoint_path(args.resume).parent)
     elif args.recipe:
         defaults = recipe_defaults(parser, args.recipe)
@@ -284,6 +293,18 @@ def _list(args, parser, argv):
         )
 
 
+def _reproduce(args, parser, argv):
+    from .engine.reproduce import main
+
+    main(args)
+
+
+def _reproduce(args, parser, argv):
+    from .engine.reproduce import main
+
+    main(args)
+
+
 def _convert(args, parser, argv):
     from .convert import convert_checkpoint
     from .registry import model_family, parse_model_kwargs
@@ -371,6 +392,12 @@ def _list_args(p):
     p.add_argument("--json", action="store_true", help="numbers as numbers, null where no figure is published")
 
 
+def _reproduce_args(p):
+    from .engine.reproduce import add_reproduce_args
+
+    add_reproduce_args(p)
+
+
 def _convert_args(p):
     from .registry import list_families
 
@@ -388,6 +415,11 @@ COMMANDS = {
     "predict": ("top-k classes with probabilities for image files", _predict, _predict_args),
     "profile": ("parameters, MACs, binary MACs and size beside the published figures", _profile, _profile_args),
     "list": ("registered models (or recipes) with their published figures", _list, _list_args),
+    "reproduce": (
+        "train the rows of a published table; table of published vs measured top-1",
+        _reproduce,
+        _reproduce_args,
+    ),
     "convert": ("convert an official checkpoint into a compactnets checkpoint", _convert, _convert_args),
 }
 

@@ -26,3 +26,7 @@ class ModelArgumentError(ValueError):
 
 class OptionError(ValueError):
     """A command-line option value outside its valid range, or options that cannot be combined."""
+
+
+class ReproduceError(RuntimeError):
+    """A ``compactnets reproduce`` table or row that cannot be run."""

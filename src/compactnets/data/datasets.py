@@ -96,6 +96,14 @@ class TensorImageDataset(Dataset):
         return (self.transform(img) if self.transform else img), self.targets[index]
 
 
+def subset_indices(length: int, limit: int | None, seed: int) -> list[int] | None:
+    """The indices of a fixed random subset of ``limit`` of ``length`` samples (same seed, same subset), or
+    None for all of them."""
+    if not limit or limit >= length:
+        return None
+    return torch.randperm(length, generator=torch.Generator().manual_seed(seed))[:limit].tolist()
+
+
 def _cifar_dir(root: Path, marker: str, subdir: str) -> Path | None:
     for folder in (root, root / subdir):
         if (folder / marker).is_file():

@@ -34,6 +34,11 @@ def _to_model_input(cfg: dict) -> list:
     return steps
 
 
+def to_model_input(cfg: dict) -> T.Compose:
+    """uint8 image(s) (..., 3, H, W) -> the model's float input: the last steps of both presets."""
+    return T.Compose(_to_model_input(cfg))
+
+
 def eval_transform(cfg: dict) -> T.Compose:
     crop = cfg["input_size"][-1]
     resize = int(crop / cfg["crop_pct"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +41,16 @@ def resolve_device(name: str) -> torch.device:
         found = f"{torch.cuda.device_count()} GPUs" if torch.cuda.is_available() else "no GPU"
         raise OptionError(f"--device {name}: this machine has {found} that torch can use")
     return device
+
+
+def device_description(device: torch.device) -> str:
+    """The device in words, as a results table names it: 'cuda:0 (NVIDIA H200)', 'cpu (AMD EPYC ..., 2 threads)'."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    return f"{device} ({name}, {torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
 
 
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:

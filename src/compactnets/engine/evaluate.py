@@ -21,7 +21,7 @@ from ..checkpoint import (
 )
 from ..data import DataError, ImageReadError, build_dataset, class_names, eval_transform, load_rgb_image
 from ..data.classes import match_classes
-from ..data.datasets import RelabelledDataset
+from ..data.datasets import RelabelledDataset, subset_indices
 from ..registry import create_model, get_model_cfg, is_model
 from .distributed import DistInfo, ShardSampler, all_reduce_sum
 
@@ -36,10 +36,10 @@ def default_workers(kind: str) -> int:
 
 
 def limit_dataset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    """A fixed random subset of ``limit`` samples (same seed, same subset); keeps ``.classes``."""
-    if not limit or limit >= len(dataset):
+    """A fixed random subset of ``limit`` samples (see ``subset_indices``); keeps ``.classes``."""
+    indices = subset_indices(len(dataset), limit, seed)
+    if indices is None:
         return dataset
-    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
     subset = Subset(dataset, indices)
     subset.classes = dataset.classes
     return subset

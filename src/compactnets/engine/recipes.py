@@ -22,7 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
-_METADATA_KEYS = {"description", "source", "reference", "notes"}
+_METADATA_KEYS = {"description", "source", "reference", "notes", "shortens"}  # shortens: the paper recipe
 PHASE_GROUP = "optimisation"  # the option group whose options a phase may set
 
 

@@ -35,8 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 
 from ..checkpoint import (
     CHECKPOINT_VERSION,
@@ -46,14 +44,16 @@ from ..checkpoint import (
     orphan_temporaries,
     save_atomic,
 )
-from ..data import build_dataset, detect_kind, train_transform
-from ..data.datasets import KINDS, check_images_readable
+from ..data import detect_kind
+from ..data.datasets import KINDS
 from ..data.transforms import AUGMENTATIONS
 from ..errors import OptionError
 from ..registry import create_model, get_model_cfg, parse_model_kwargs
-from .distributed import init_distributed, resolve_device, shutdown_distributed
-from .evaluate import build_eval_loader, default_workers, evaluate, limit_dataset
+from .distributed import device_description, init_distributed, resolve_device, shutdown_distributed
+from .evaluate import evaluate
+from .loaders import FAST_DATA_CHOICES, build_training_data
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
+from .precision import AMP_CHOICES, resolve_amp
 from .progress import Progress
 
 DEFAULT_MODEL = "nin"
@@ -81,6 +81,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--augment", choices=AUGMENTATIONS, help="default: cifar for 32x32 models, else imagenet")
     g.add_argument("--color-jitter", type=float, default=0.0, help="brightness/contrast/saturation jitter")
     g.add_argument("--workers", type=int, help="data-loading processes (default: 0 in memory, else up to 4)")
+    g.add_argument(
+        "--fast-data", choices=FAST_DATA_CHOICES, default="auto",
+        help="uint8 dataset in memory, batches augmented as tensors on the device (auto: for CIFAR-size data)",
+    )  # fmt: skip
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=3)
     g.add_argument(
@@ -106,7 +110,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--aux-loss-weight", type=float, default=1.0, help="weight of the model's auxiliary_loss(), if it has one"
     )
     g.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision")
+    g.add_argument("--amp", choices=AMP_CHOICES, default="none", help="autocast precision (auto: bf16 where fast)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC memory format")
     g = parser.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
@@ -453,32 +457,9 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     cfg = get_model_cfg(args.model)
     kind = args.dataset or detect_kind(args.data)
     augment = args.augment or ("cifar" if cfg["input_size"][-1] <= 64 else "imagenet")
-    train_set = build_dataset(args.data, "train", train_transform(cfg, augment, args.color_jitter), kind)
-    train_set = limit_dataset(train_set, args.train_limit, args.seed)
-    classes = list(train_set.classes)
+    training_data = build_training_data(args, cfg, kind, augment, dist_info, device, log)
+    train_loader, eval_loader, classes = training_data.train, training_data.eval, training_data.classes
     num_classes = args.num_classes or len(classes)
-    workers = default_workers(kind) if args.workers is None else args.workers
-    sampler = DistributedSampler(train_set, seed=args.seed) if dist_info.enabled else None
-    generator = torch.Generator()
-    train_loader = DataLoader(
-        train_set,
-        batch_size=args.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        generator=generator,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-    eval_loader = None
-    if args.eval_every:
-        # Problems of the evaluation split surface now, not after the first epoch: classes the training split
-        # lacks, unreadable files.
-        eval_loader = build_eval_loader(
-            cfg, args.data, kind, "test", args.eval_batch_size or args.batch_size, workers, args.eval_limit,
-            args.seed, dist_info, classes=classes, note=log,
-        )  # fmt: skip
-        check_images_readable(eval_loader.dataset)
 
     model_kwargs = parse_model_kwargs(args.model_kwargs, args.model)
     model = create_model(args.model, pretrained=args.pretrained or False, num_classes=num_classes, **model_kwargs)
@@ -488,8 +469,10 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     iters_per_epoch = len(train_loader)
     if args.steps:
         args.epochs = math.ceil(args.steps / iters_per_epoch)
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    amp, amp_reason = resolve_amp(args.amp, device)
+    args.amp_resolved, args.device_resolved = amp, device_description(device)  # recorded in args.json
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     if dist_info.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -520,9 +503,10 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     n_params = sum(p.numel() for p in _unwrap(model).parameters())
     data = f"{kind} {args.data}" if args.data else kind
     log(
-        f"{args.model}: {n_params:,} params | data {data} ({len(train_set)} train images, "
+        f"{args.model}: {n_params:,} params | data {data} ({training_data.num_train} train images, "
         f"{len(classes)} classes) | {args.epochs} epochs x {iters_per_epoch} iterations | {device} | out {out}"
     )
+    log(f"data: {training_data.description} | precision: {amp_dtype or torch.float32} ({amp_reason})")
     if args.eval_first and start_epoch == 0 and eval_loader is not None:
         e = evaluate(model, eval_loader, device, autocast, args.channels_last)
         log(f"epoch 0 (before training): eval loss {e['loss']:.3f} top-1 {e['top1']:.2f} top-5 {e['top5']:.2f}")
@@ -554,10 +538,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
 
         for epoch in range(max(start_epoch, phase.start), phase.end):
             start = time.perf_counter()
-            # Shuffling and worker seeds depend only on (seed, epoch): a resumed run draws the same batches.
-            generator.manual_seed(args.seed + epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
+            training_data.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
             progress = Progress(show_progress, f"epoch {epoch + 1}/{args.epochs}", args.log_interval)
             train_stats = train_one_epoch(

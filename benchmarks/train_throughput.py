@@ -1,0 +1,119 @@
+"""Training throughput (images/s) of the in-memory fast data path against the torchvision DataLoader path.
+
+Both paths run the engine's own training step (``engine.train.train_one_epoch``: forward, loss, backward, SGD
+update) on the same data, model and precision; only the batches differ: uint8 tensors in memory, cropped and
+flipped as whole batches (``--fast-data on``), or JPEG decoding and per-image torchvision transforms in
+DataLoader worker processes (``--fast-data off``, the default worker count). The two are interleaved, one chunk
+of ``--iters`` iterations each per round, from iterators that stay open across rounds (no worker start-up in the
+timings), so load from other processes hits both alike: compare the ratio. The workers compete with the model for
+the same cores, which is what the fast path saves on a CPU.
+
+    python benchmarks/train_throughput.py --data ../shared/data/cifar10 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+import torch
+from common import environment  # benchmarks/common.py
+
+from compactnets.data import detect_kind
+from compactnets.engine.distributed import DistInfo
+from compactnets.engine.loaders import build_training_data
+from compactnets.engine.precision import resolve_amp
+from compactnets.engine.train import _Progress, add_train_args, train_one_epoch
+from compactnets.registry import create_model, get_model_cfg
+
+DEFAULT_MODELS = ("resnet32_s8u1_cifar10", "nin_xnornet")
+PATHS = ("fast", "dataloader")
+
+
+class Chunk:
+    """The next ``n`` batches of an open iterator, as a loader ``train_one_epoch`` can take."""
+
+    def __init__(self, iterator, n: int):
+        self.iterator, self.n = iterator, n
+
+    def __iter__(self):
+        return itertools.islice(self.iterator, self.n)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def endless(data):
+    for epoch in itertools.count():
+        data.set_epoch(epoch)
+        yield from data.train
+
+
+def make_run(model_name: str, path: str, argv: list[str], iters: int, device: torch.device):
+    """A function that trains one chunk on ``path``'s batches and returns the images it trained on."""
+    args = add_train_args(argparse.ArgumentParser()).parse_args(
+        [*argv, "--model", model_name, "--fast-data", "on" if path == "fast" else "off", "--eval-every", "0"]
+    )
+    cfg = get_model_cfg(model_name)
+    data = build_training_data(args, cfg, detect_kind(args.data), "cifar", DistInfo(), device, print)
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=len(data.classes)).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    amp = resolve_amp(args.amp, device)[0]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    batches = endless(data)
+
+    def run() -> int:
+        stats = train_one_epoch(
+            model, optimizer, scheduler, Chunk(batches, iters), device, args, None, autocast,
+            _Progress(False, ""),
+        )  # fmt: skip
+        assert stats["loss"] == stats["loss"], "the loss is NaN"
+        return iters * args.batch_size
+
+    return run, data.description, amp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data/cifar10", help="dataset folder (CIFAR-size images)")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"))
+    parser.add_argument("--iters", type=int, default=10, help="iterations per timed chunk")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    argv = ["--data", opts.data, "--batch-size", str(opts.batch_size), "--amp", opts.amp]
+    print(environment().replace(", NCHW float32", ""))
+    print(f"data {opts.data}, batch {opts.batch_size}, channels-last, {opts.iters} iterations x {opts.rounds} rounds")
+    for name in opts.models:
+        runs, notes = {}, {}
+        for path in PATHS:
+            run, description, amp = make_run(name, path, argv, opts.iters, device)
+            runs[path], notes[path] = run, description
+        for run in runs.values():  # warm-up: first batches, workers started, kernels chosen
+            run()
+        rates = {path: [] for path in PATHS}
+        for _ in range(opts.rounds):
+            for path, run in runs.items():
+                start = time.perf_counter()
+                images = run()
+                rates[path].append(images / (time.perf_counter() - start))
+        median = {path: statistics.median(r) for path, r in rates.items()}
+        print(f"\n{name} ({amp} autocast):")
+        for path in PATHS:
+            print(f"  {path:10s} {median[path]:7.1f} img/s (median; min {min(rates[path]):.1f}, max "
+                  f"{max(rates[path]):.1f})  {notes[path]}")  # fmt: skip
+        print(f"  fast / dataloader: {median['fast'] / median['dataloader']:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

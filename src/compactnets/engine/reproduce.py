@@ -1,0 +1,285 @@
+"""``compactnets reproduce``: train the rows of a published table and put the measured figures beside the paper's.
+
+A NAME is a recipe (one row, the recipe's model; a name or a .toml file) or a table: ``xnor-net-cifar10`` (the
+four NIN rows of xnor-net.md) or ``shared-bases-cifar10`` (the six ResNet32/56 rows of shared-bases.md, each the
+``shared_bases_cifar10`` recipe with its model). Each row trains with ``compactnets train`` in its own process
+into ``OUTPUT/<row>/``, resuming a run that is already there; then ``OUTPUT/results.md`` and ``results.json``
+list, per row: the published top-1, the measured best-epoch top-1 (the figure the seed repos report) and
+last-epoch top-1, epochs run against the recipe's (and the paper recipe's, for a recipe that ``shortens``
+one), training time, device, precision, the data, and the command; ``OUTPUT/<row>/curves.png`` plots loss and
+top-1 per epoch (train and test) where matplotlib is installed (``pip install compactnets[plot]``).
+``--table-only`` rebuilds the table from the run folders without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..checkpoint import load_file
+from ..data.classes import CIFAR10_CLASSES
+from ..data.datasets import EMBEDDED_FILE, detect_kind
+from ..errors import ReproduceError
+from ..registry import get_model_cfg
+from .recipes import RecipeError, list_recipes, read_recipe
+
+SHARED_BASES_CIFAR10 = (
+    "resnet32_s8u1_cifar10", "resnet32_s16u1_cifar10", "resnet32_s16u1_double_cifar10",
+    "resnet56_s8u1_cifar10", "resnet56_s16u1_cifar10", "resnet56_s16u1_double_cifar10",
+)  # fmt: skip
+TABLES = {
+    "xnor-net-cifar10": tuple(
+        (r, r, None) for r in ("nin_cifar10", "nin_gc_cifar10", "nin_xnornet_cifar10", "nin_gc_xnornet_cifar10")
+    ),
+    "shared-bases-cifar10": tuple((m, "shared_bases_cifar10", m) for m in SHARED_BASES_CIFAR10),
+}
+RESULTS = "results"
+# libjpeg's luminance quantisation table (ITU T.81 Annex K), scaled by the quality setting.
+_JPEG_LUMA = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str  # the run folder's name
+    recipe: str
+    model: str | None = None  # overrides the recipe's model
+
+
+def resolve_rows(names: list[str]) -> list[Row]:
+    rows = []
+    for name in names:
+        if name in TABLES:
+            rows += [Row(*spec) for spec in TABLES[name]]
+        elif name in list_recipes() or name.endswith(".toml"):
+            rows.append(Row(Path(name).stem, name))
+        else:
+            close = difflib.get_close_matches(name, [*TABLES, *list_recipes()], n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise RecipeError(f"unknown table or recipe {name!r}{hint} (tables: {', '.join(TABLES)})")
+    return list(dict.fromkeys(rows))
+
+
+def _recipe_epochs(recipe: dict) -> int:
+    return sum(p["epochs"] for p in recipe["phases"]) if "phases" in recipe else recipe["train"]["epochs"]
+
+
+def train_command(row: Row, out: Path, data: str | None, epochs: int | None) -> list[str]:
+    """The ``compactnets train`` command of a row: resume where a run is, else start it."""
+    if (out / "last.pth").is_file():
+        cmd = ["compactnets", "train", "--resume", str(out)]
+    else:
+        cmd = ["compactnets", "train", "--recipe", row.recipe, "--output", str(out)]
+        cmd += ["--model", row.model] if row.model else []
+        cmd += ["--data", data] if data else []
+    return cmd + (["--epochs", str(epochs)] if epochs else []) + ["--no-progress"]
+
+
+def run_row(row: Row, out: Path, data: str | None, epochs: int | None) -> int:
+    """Train one row (in its own process) unless its run already has the epochs; the exit status."""
+    if (out / "last.pth").is_file():
+        ckpt = load_file(out / "last.pth")
+        target = epochs or ckpt["args"].get("epochs")
+        if ckpt["epoch"] >= target:
+            print(f"{row.name}: {ckpt['epoch']} epochs already in {out}")
+            return 0
+    cmd = train_command(row, out, data, epochs)
+    print(f"{row.name}: {shlex.join(cmd)}", flush=True)
+    return subprocess.run([sys.executable, "-m", "compactnets", *cmd[1:]]).returncode
+
+
+def jpeg_quality(path) -> int | None:
+    """The libjpeg quality setting that produced a JPEG's luminance table, or None (not JPEG, other tables)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        table = sorted(img.quantization.get(0, ())) if img.format == "JPEG" else None
+    for quality in range(1, 101):
+        scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+        if table == sorted(min(max((q * scale + 50) // 100, 1), 255) for q in _JPEG_LUMA):
+            return quality
+    return None
+
+
+def describe_data(data: str | None) -> str:
+    """What a run trained on, said beside its figures: which dataset, how many images, how encoded."""
+    import io
+
+    import numpy as np
+
+    if not data:
+        with np.load(EMBEDDED_FILE, allow_pickle=False) as npz:
+            quality = jpeg_quality(io.BytesIO(npz["train_jpeg"][: npz["train_offsets"][1]].tobytes()))
+            counts = len(npz["train_labels"]), len(npz["test_labels"])
+        return f"embedded CIFAR-10 subset ({counts[0]:,} train / {counts[1]:,} test), JPEG quality {quality}"
+    root = Path(data)
+    if not root.is_dir() or detect_kind(root) != "imagefolder":
+        return str(data)
+    counts, first, classes = [], None, []
+    for split in ("train", "test"):
+        files = sorted(f for f in (root / split).glob("*/*") if f.is_file())
+        counts.append(len(files))
+        first = first or (files[0] if files else None)
+        classes = classes or sorted(d.name for d in (root / split).iterdir() if d.is_dir())
+    name = "CIFAR-10" if classes == sorted(CIFAR10_CLASSES) else root.name
+    quality = jpeg_quality(first) if first else None
+    encoding = f" re-encoded as JPEG quality {quality}" if quality else ""
+    return f"{name}{encoding} ({data}: {counts[0]:,} train / {counts[1]:,} test)"
+
+
+def _read_log(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _number(value: str) -> float | None:
+    return float(value) if value not in ("", None) else None
+
+
+def row_result(row: Row, out: Path) -> dict:
+    recipe = read_recipe(row.recipe)
+    model = row.model or recipe["train"]["model"]
+    paper = recipe.get("shortens")
+    result = {
+        "row": row.name,
+        "model": model,
+        "recipe": row.recipe,
+        "shortens": paper,
+        "published_top1": get_model_cfg(model)["reference"].get("top1"),
+        "recipe_epochs": _recipe_epochs(recipe),
+        "paper_epochs": _recipe_epochs(read_recipe(paper)) if paper else None,
+        "output": str(out),
+    }
+    if not (out / "log.csv").is_file():
+        return {**result, "status": "not run"}
+    options = json.loads((out / "args.json").read_text())
+    log = _read_log(out / "log.csv")
+    evaluated = [r for r in log if _number(r["eval_top1"]) is not None]
+    best = max(evaluated, key=lambda r: float(r["eval_top1"]), default=None)
+    epochs_run = int(log[-1]["epoch"]) if log else 0
+    command = ["compactnets", "train", "--recipe", row.recipe, "--output", str(out)]
+    command += ["--model", model] if model != recipe["train"]["model"] else []
+    command += ["--data", options["data"]] if options.get("data") else []
+    command += ["--epochs", str(options["epochs"])] if options["epochs"] != result["recipe_epochs"] else []
+    return {
+        **result,
+        "status": "done" if epochs_run >= options["epochs"] else "incomplete",
+        "best_top1": best and float(best["eval_top1"]),
+        "best_epoch": best and int(best["epoch"]),
+        "last_top1": _number(log[-1]["eval_top1"]) if log else None,
+        "epochs_run": epochs_run,
+        "epochs_planned": options["epochs"],
+        "train_time_s": round(sum(float(r["epoch_time_s"]) for r in log), 1),
+        "device": options.get("device_resolved") or "not recorded",
+        "precision": options.get("amp_resolved") or options.get("amp"),
+        "data_path": "fast path" if options.get("fast_data_resolved") == "on" else "DataLoader",
+        "data": describe_data(options.get("data")),
+        "command": shlex.join(command),
+    }
+
+
+def _fmt(value, spec=".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown_table(results: list[dict]) -> str:
+    header = (
+        "row", "model", "published top-1", "best top-1 (epoch)", "last top-1", "epochs run / recipe (paper)",
+        "train time", "device", "precision, data path", "data", "command",
+    )  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        cells = [r["row"], r["model"], _fmt(r["published_top1"])]
+        if r["status"] == "not run":
+            cells.append("not run")
+        else:
+            epochs = f"{r['epochs_run']} / {r['recipe_epochs']}"
+            epochs += f" ({r['shortens']}: {r['paper_epochs']})" if r["shortens"] else ""
+            precision = {"none": "fp32"}.get(r["precision"], r["precision"])
+            cells += [
+                f"{_fmt(r['best_top1'])} ({_fmt(r['best_epoch'], 'd')})", _fmt(r["last_top1"]), epochs,
+                f"{r['train_time_s'] / 60:.1f} min", r["device"], f"{precision}, {r['data_path']}", r["data"],
+                f"`{r['command']}`",
+            ]  # fmt: skip
+        lines.append("| " + " | ".join(cells + [""] * (len(header) - len(cells))) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def log_model(out: Path) -> str:
+    return json.loads((out / "args.json").read_text()).get("model", "?")
+
+
+def plot_curves(out: Path, published: float | None) -> Path | None:
+    """``out/curves.png``: loss and top-1 per epoch, train and test (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return None
+    log = _read_log(out / "log.csv")
+    epochs = [int(r["epoch"]) for r in log]
+    fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((loss_ax, "loss", "loss"), (top1_ax, "top1", "top-1 (%)")):
+        for split, style in (("train", "-"), ("eval", "-o")):
+            points = [(e, float(r[f"{split}_{key}"])) for e, r in zip(epochs, log, strict=True) if r[f"{split}_{key}"]]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, label="test" if split == "eval" else split, markersize=3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    if published is not None:
+        top1_ax.axhline(published, color="gray", linestyle="--", label=f"published {published}")
+    loss_ax.legend()
+    top1_ax.legend()
+    fig.suptitle(f"{out.name}: {log_model(out)}")
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_reproduce_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    add = parser.add_argument
+    add("names", nargs="+", metavar="NAME", help=f"recipe or table ({', '.join(TABLES)})")
+    add("--output", default=str(Path("runs") / "reproduce"), help="folder of the runs and the table")
+    add("--data", help="dataset folder (default: the embedded CIFAR-10 subset)")
+    add("--epochs", type=int, help="train each row for this many epochs instead of its recipe's")
+    add("--table-only", action="store_true", help="only rebuild the table and curves from the run folders")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    rows = resolve_rows(args.names)
+    output = Path(args.output)
+    failed = []
+    if not args.table_only:
+        for row in rows:
+            if run_row(row, output / row.name, args.data, args.epochs) != 0:
+                failed.append(row.name)
+    results = [row_result(row, output / row.name) for row in rows]
+    for r in results:
+        if r["status"] != "not run" and plot_curves(Path(r["output"]), r["published_top1"]) is None:
+            print("training curves need matplotlib: pip install 'compactnets[plot]'")
+            break
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{RESULTS}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output / f"{RESULTS}.md").write_text(markdown_table(results))
+    print(markdown_table(results), end="")
+    print(f"table: {output / RESULTS}.md and .json; curves: {output}/<row>/curves.png")
+    if failed:
+        raise ReproduceError(f"training failed for {', '.join(failed)} (their output is above)")

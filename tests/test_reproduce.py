@@ -1,0 +1,91 @@
+"""compactnets reproduce: rows from tables and recipes, runs resumed, the results table, curves, data notes."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA, needs_shared_data
+from PIL import Image
+
+from compactnets.engine.reproduce import TABLES, describe_data, jpeg_quality, resolve_rows
+
+TINY_RECIPE = """
+description = "a tiny NIN row"
+shortens = "nin_cifar10"
+[train]
+model = "nin"
+model_kwargs = ["channels=[16,16,16,16,16,16,16,16]"]
+train_limit = 100
+eval_limit = 50
+epochs = 1
+batch_size = 50
+"""
+
+
+def test_tables_name_the_published_rows():
+    rows = resolve_rows(["xnor-net-cifar10"])
+    assert [r.recipe for r in rows] == [
+        "nin_cifar10",
+        "nin_gc_cifar10",
+        "nin_xnornet_cifar10",
+        "nin_gc_xnornet_cifar10",
+    ]
+    rows = resolve_rows(["shared-bases-cifar10", "nin_xnornet_cifar10_short"])
+    assert len(rows) == 7 and {r.recipe for r in rows[:6]} == {"shared_bases_cifar10"}
+    assert rows[0].model == "resnet32_s8u1_cifar10" and rows[-1].name == "nin_xnornet_cifar10_short"
+    assert len(TABLES["shared-bases-cifar10"]) == 6
+
+
+def test_unknown_name_is_one_line(run_cli, tmp_path):
+    status, _, err = run_cli("reproduce", "xnor-net-cifar", "--output", tmp_path)
+    assert status == 2 and err.count("\n") == 1 and "did you mean xnor-net-cifar10" in err
+
+
+def test_jpeg_quality_from_the_quantisation_tables(tmp_path):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    for quality in (30, 75, 95):
+        image.save(tmp_path / f"{quality}.jpg", quality=quality)
+        assert jpeg_quality(tmp_path / f"{quality}.jpg") == quality
+    image.save(tmp_path / "lossless.png")
+    assert jpeg_quality(tmp_path / "lossless.png") is None
+
+
+@needs_shared_data
+def test_the_shared_cifar10_is_described_as_jpeg_75():
+    assert describe_data(str(SHARED_DATA / "cifar10")).startswith(
+        "CIFAR-10 re-encoded as JPEG quality 75 (" + str(SHARED_DATA / "cifar10")
+    )
+
+
+def test_rows_train_resume_and_tabulate(run_cli, tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    out = tmp_path / "runs"
+    status, stdout, _ = run_cli("reproduce", recipe, "nin_cifar10", "--output", out, "--table-only")
+    assert status == 0 and not (out / "tiny").exists()
+    assert json.loads((out / "results.json").read_text())[0]["status"] == "not run"
+
+    assert run_cli("reproduce", recipe, "--output", out)[0] == 0  # trains epoch 1 (in a child process)
+    assert run_cli("reproduce", recipe, "--output", out, "--epochs", "2")[0] == 0  # resumes to epoch 2
+    with open(out / "tiny" / "log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    assert [r["epoch"] for r in log] == ["1", "2"]
+    (row,) = json.loads((out / "results.json").read_text())
+    top1 = [float(r["eval_top1"]) for r in log]
+    assert row["best_top1"] == max(top1) and row["best_epoch"] == 1 + top1.index(max(top1))
+    assert row["last_top1"] == top1[-1] and row["epochs_run"] == 2 and row["status"] == "done"
+    assert row["published_top1"] == 92.37 and row["shortens"] == "nin_cifar10" and row["paper_epochs"] == 200
+    assert row["recipe_epochs"] == 1 and row["data"].startswith("embedded CIFAR-10 subset")
+    assert row["command"] == f"compactnets train --recipe {recipe} --output {out / 'tiny'} --epochs 2"
+    assert row["device"].startswith("cpu (") and row["data_path"] == "fast path"
+    assert row["train_time_s"] == pytest.approx(sum(float(r["epoch_time_s"]) for r in log), abs=0.05)
+    table = (out / "results.md").read_text()
+    assert (
+        f"| tiny | nin | 92.37 | {max(top1):.2f} ({row['best_epoch']}) | {top1[-1]:.2f} | 2 / 1 (nin_cifar10: 200)"
+        in table
+    )
+    assert (out / "tiny" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    status, stdout, _ = run_cli("reproduce", recipe, "--output", out, "--epochs", "2")
+    assert status == 0 and "2 epochs already in" in stdout
