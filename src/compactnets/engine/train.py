@@ -358,7 +358,7 @@ def main(args: argparse.Namespace) -> dict:
         shutdown_distributed(dist_info)
 
 
-RUN_FILES = ("last.pth", "best.pth", "log.csv", "args.json")
+RUN_FILES = ("last.pth", "best.pth", "log.csv", "args.json")  # checkpoints first
 LOCK_FILE = ".lock"
 
 
@@ -386,16 +386,16 @@ class RunFolder:
             raise OptionError(f"--output {out} is not writable")
         self._take_lock()
         resumes_here = self.args.resume and resume_checkpoint_path(self.args.resume).parent.resolve() == out.resolve()
-        existing = [name for name in RUN_FILES if (out / name).exists()]
-        if existing and not resumes_here:
-            if not self.args.overwrite:
-                self._release()
-                raise OptionError(
-                    f"--output {out} holds a run ({', '.join(existing)}): continue it with --resume {out}, "
-                    "start over with --overwrite, or choose another folder"
-                )
-            for name in existing:
-                (out / name).unlink()
+        held = [name for name in RUN_FILES[:2] if (out / name).exists()]  # checkpoints: a run was trained here
+        if held and not resumes_here and not self.args.overwrite:
+            self._release()
+            raise OptionError(
+                f"--output {out} holds a run ({', '.join(held)}): continue it with --resume {out}, "
+                "start over with --overwrite, or choose another folder"
+            )
+        if not resumes_here:  # starting over, or the files of a start that never finished an epoch
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
         for tmp in orphan_temporaries(out):
             tmp.unlink(missing_ok=True)
         return self
