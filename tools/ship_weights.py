@@ -43,7 +43,8 @@ def main() -> None:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     out = OUT_DIR / f"{ckpt['arch']}.{args.tag}.safetensors"
     save_file(state_dict, str(out), metadata=metadata)
-    print(f"{out} ({out.stat().st_size / 1e6:.2f} MB): {ckpt['arch']} best epoch {ckpt['best_epoch']}/{run_args['epochs']}")
+    best = f"best epoch {ckpt['best_epoch']}/{run_args['epochs']}"
+    print(f"{out} ({out.stat().st_size / 1e6:.2f} MB): {ckpt['arch']} {best}")
 
 
 if __name__ == "__main__":

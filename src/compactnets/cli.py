@@ -14,6 +14,7 @@ import sys
 from . import __version__
 from .engine.recipes import RecipeError
 from .errors import (
+    BinaryKernelUnavailable,
     CheckpointError,
     DataError,
     ImageReadError,
@@ -27,7 +28,7 @@ from .safe_pickle import UnsafePickleError
 # Errors that describe bad input: printed as one line, exit status 2. Anything else is a bug: traceback.
 USER_ERRORS = (
     UnknownModelError, DataError, ImageReadError, CheckpointError, RecipeError, UnsafePickleError,
-    ModelArgumentError, OptionError, FileNotFoundError, FloatingPointError, ReproduceError,
+    ModelArgumentError, OptionError, FileNotFoundError, FloatingPointError, ReproduceError, BinaryKernelUnavailable,
 )  # fmt: skip
 
 
@@ -84,36 +85,39 @@ def _eval(args, parser, argv):
     import torch
 
     from .engine.distributed import resolve_device
-    from .engine.evaluate import build_eval_loader, checkpoint_path, evaluate, load_model
+    from .engine.evaluate import build_eval_loader, checkpoint_path, evaluate
     from .engine.progress import Progress
 
     _at_least(args, 1, "batch-size", "limit", "log-interval")
     _at_least(args, 0, "workers")
-    device = resolve_device(args.device)  # a missing GPU is reported before any data is read
-    model, _ = load_model(args.checkpoint, args.model)
+    # a missing GPU is reported before any data is read; the packed kernel runs on the CPU
+    device = resolve_device("cpu" if args.packed else args.device)
+    model, _ = _load_for_inference(args)
     loader = build_eval_loader(
         model.pretrained_cfg, args.data, args.dataset, args.split, args.batch_size, args.workers, args.limit,
         classes=getattr(model, "class_names", None), match=args.match_classes, note=_note,
     )  # fmt: skip
+    channels_last = args.channels_last and not args.packed  # the packed kernel reads NCHW
     model.to(device)
-    if args.channels_last:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     progress = Progress(not args.no_progress, "eval", args.log_interval)
-    result = evaluate(model, loader, device, channels_last=args.channels_last, progress=progress)
+    result = evaluate(model, loader, device, channels_last=channels_last, progress=progress)
     cfg = model.pretrained_cfg
     row = {
         "model": cfg["architecture"],
-        "checkpoint": str(checkpoint_path(args.checkpoint)),
+        "checkpoint": str(checkpoint_path(args.checkpoint)) if args.checkpoint else None,
+        **({"packed": args.packed} if args.packed else {}),
         "data": args.data or "embedded",
         "split": args.split,
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
         "top1_err": round(100 - result["top1"], 4),
         "top5_err": round(100 - result["top5"], 4),
-        "param_count": sum(p.numel() for p in model.parameters()),
+        "param_count": getattr(model, "param_count", None) or sum(p.numel() for p in model.parameters()),
         "img_size": cfg["input_size"][-1],
         "crop_pct": cfg["crop_pct"],
         "interpolation": cfg["interpolation"],
-        "channels_last": args.channels_last,
+        "channels_last": channels_last,
         "device": str(device),
         "torch": torch.__version__,
     }
@@ -124,6 +128,18 @@ def _eval(args, parser, argv):
             f" * Acc@1 {result['top1']:.3f} ({row['top1_err']:.3f})  Acc@5 {result['top5']:.3f} "
             f"({row['top5_err']:.3f})  loss {result['loss']:.4f}  on {result['count']} images"
         )
+
+
+def _load_for_inference(args):
+    """The model of ``--checkpoint``, or the runner of ``--packed``, with what label_names needs."""
+    if args.packed:
+        from .deploy.packed import load_packed
+
+        runner = load_packed(args.packed)
+        return runner, {"class_names": runner.class_names}
+    from .engine.evaluate import load_model
+
+    return load_model(args.checkpoint, args.model)
 
 
 def _image_paths(args) -> list[str]:
@@ -165,14 +181,14 @@ def _predict(args, parser, argv):
     import csv
 
     from .engine.distributed import resolve_device
-    from .engine.evaluate import label_names, load_model, predict_images
+    from .engine.evaluate import label_names, predict_images
 
     _at_least(args, 1, "topk", "batch-size")
     if args.json and args.csv:
         raise OptionError("--json and --csv cannot be combined")
-    device = resolve_device(args.device)
+    device = resolve_device("cpu" if args.packed else args.device)
     paths = _image_paths(args)
-    model, ckpt = load_model(args.checkpoint, args.model)
+    model, ckpt = _load_for_inference(args)
     skipped = []
 
     def skip(error):
@@ -315,6 +331,24 @@ def _convert(args, parser, argv):
     print(f"converted {args.src} -> {result['output']} ({args.model}, {result['tensors']} tensors)")
 
 
+def _export(args, parser, argv):
+    from .deploy.packed import export_packed
+    from .engine.evaluate import load_model
+    from .registry import create_model
+
+    if args.checkpoint:
+        model, ckpt = load_model(args.checkpoint, args.model)
+    elif not args.model:
+        parser.error("name a model or pass --checkpoint")
+    else:
+        model, ckpt = create_model(args.model).eval(), {}
+    info = export_packed(model, args.out, class_names=ckpt.get("class_names"))
+    error = info["check_error"]
+    check = "not checked" if error is None else f"checked: max |diff| = {error:.1e} x max |logit|"
+    print(f"exported {model.pretrained_cfg['architecture']} -> {info['output']} ({args.format}, {info['bytes']:,} "
+          f"bytes, {info['binary_convs']} binary convs; {check})")  # fmt: skip
+
+
 # --- the parser -------------------------------------------------------------------------------------------
 
 
@@ -325,7 +359,9 @@ def _train_args(p):
 
 
 def _checkpoint_args(p):
-    p.add_argument("--checkpoint", required=True, help="compactnets checkpoint, or a run folder (its best.pth)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="compactnets checkpoint, or a run folder (its best.pth)")
+    source.add_argument("--packed", help="packed binary model (compactnets export --format packed)")
     p.add_argument("--model", help="model name (default: the one the checkpoint names)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
@@ -392,6 +428,13 @@ def _list_args(p):
     p.add_argument("--json", action="store_true", help="numbers as numbers, null where no figure is published")
 
 
+def _export_args(p):
+    p.add_argument("model", help="model name (with --checkpoint: default the one it names)", nargs="?")
+    p.add_argument("--checkpoint", help="compactnets checkpoint (default: the model's initial weights)")
+    p.add_argument("--format", required=True, choices=["packed"], help="packed: 1-bit weights for binary models")
+    p.add_argument("--out", required=True, help="output file")
+
+
 def _reproduce_args(p):
     from .engine.reproduce import add_reproduce_args
 
@@ -415,6 +458,7 @@ COMMANDS = {
     "predict": ("top-k classes with probabilities for image files", _predict, _predict_args),
     "profile": ("parameters, MACs, binary MACs and size beside the published figures", _profile, _profile_args),
     "list": ("registered models (or recipes) with their published figures", _list, _list_args),
+    "export": ("write a model in a deployment format", _export, _export_args),
     "reproduce": (
         "train the rows of a published table; table of published vs measured top-1",
         _reproduce,

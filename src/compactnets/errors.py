@@ -30,3 +30,7 @@ class OptionError(ValueError):
 
 class ReproduceError(RuntimeError):
     """A ``compactnets reproduce`` table or row that cannot be run."""
+
+
+class BinaryKernelUnavailable(RuntimeError):
+    """The compiled binary kernel is missing or cannot run here (the float model still works)."""

@@ -1,0 +1,1 @@
+"""Deployment: inference forms, export formats and runners (ONNX, packed binary), benchmarks."""
