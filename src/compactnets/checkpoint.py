@@ -52,7 +52,9 @@ def save_atomic(obj, path: str | Path) -> None:
         if _is_disk_full(e):
             raise CheckpointError(f"no space left on device writing {path}; the previous file is kept") from e
         if isinstance(e, OSError):
-            raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from e
+            parent = next((p for p in path.parents if p.exists()), None)
+            reason = f"{parent} is not a folder" if parent and not parent.is_dir() else e.strerror or e
+            raise CheckpointError(f"cannot write {path}: {reason}") from e
         raise
 
 
