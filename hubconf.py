@@ -5,12 +5,14 @@ Like MegEngine's ``megengine.hub.load("megengine/models", "shufflenet_v2_x1_0", 
     import torch
     # random weights
     model = torch.hub.load("/path/to/compactnets", "shufflenet_v2_x1_0", source="local")
-    # weights from a checkpoint written by `compactnets convert` (or `compactnets train`)
+    # the weights bundled with compactnets for the model's default tag (offline)
+    model = torch.hub.load("/path/to/compactnets", "nin_xnornet", source="local", pretrained=True)
+    # weights from a checkpoint written by `compactnets convert` (or `compactnets train`): its model_kwargs apply
     model = torch.hub.load("/path/to/compactnets", "shufflenet_v2_x1_0_wn1x", source="local",
                            pretrained="snetv2_1.0x_wnet1x_M2G2.pth")
 
-compactnets bundles no weights and downloads nothing: ``pretrained=True`` raises an error that names the
-official weight file and the ``compactnets convert`` command that turns it into a checkpoint.
+compactnets downloads nothing: ``pretrained=True`` for a model without bundled weights raises an error that
+names the official weight file and the ``compactnets convert`` command that turns it into a checkpoint.
 """
 
 import sys as _sys

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import math
 import os
 import pickle
@@ -189,28 +190,77 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> dict:
-    """Load weights from a checkpoint file into ``model``; return the checkpoint dict.
+def read_weights(path: str | Path) -> dict:
+    """A weights file as a dict: ``.safetensors`` through safetensors (its state dict, plus the ``model_kwargs``
+    JSON of its metadata when there is one, as ``tools/ship_weights.py`` writes), anything else as a torch
+    checkpoint with ``weights_only=True`` (:func:`load_file`). Never unpickles arbitrary objects."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return load_file(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    from safetensors import SafetensorError, safe_open
 
-    A classifier of another width (fine-tuning to a new number of classes) keeps its initialisation; everything
-    else must fit exactly. A compactnets checkpoint's ``pretrained_cfg`` preprocessing replaces the model's.
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            state_dict = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from e
+    if "model_kwargs" not in metadata:
+        return state_dict
+    return {"state_dict": state_dict, "model_kwargs": json.loads(metadata["model_kwargs"])}
+
+
+def load_pretrained(model: nn.Module, source: str | Path | Mapping, what: str | None = None) -> dict:
+    """Load weights (a file, or a checkpoint dict already read) into ``model``, as timm's ``load_pretrained``
+    adapts them: the first conv to the model's input channels (``cfg['first_conv']``), and a classifier of
+    another width, or none (``num_classes=0``), keeps the model's own. Everything else must fit exactly. A
+    compactnets checkpoint's ``pretrained_cfg`` preprocessing replaces the model's. Returns the checkpoint dict.
     """
-    obj = load_file(path)
-    state_dict = _keep_own_classifier_if_resized(model, extract_state_dict(obj))
-    load_state_dict_checked(model, state_dict, what=f"checkpoint {path}")
+    obj = source if isinstance(source, Mapping) else read_weights(source)
+    what = what or f"checkpoint {source}"
+    state_dict = _adapt_input_conv(model, extract_state_dict(obj))
+    state_dict = _keep_own_classifier_if_resized(model, state_dict)
+    load_state_dict_checked(model, state_dict, what=what)
     apply_preprocessing(model, obj.get("pretrained_cfg"))
-    return obj
+    return dict(obj)
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """First-conv weights for ``in_chans`` input channels (timm's rule): summed over the channels for one,
+    tiled and scaled by ``C / in_chans`` for more, so a constant image gives the same response."""
+    channels = weight.shape[1]
+    if in_chans == channels:
+        return weight
+    if in_chans == 1:
+        return weight.sum(1, keepdim=True)
+    repeats = -(-in_chans // channels)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (channels / in_chans)
+
+
+def _adapt_input_conv(model: nn.Module, state_dict: dict) -> dict:
+    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    key = f"{first_conv}.weight" if first_conv else None
+    own = model.state_dict().get(key) if key else None
+    if own is None or key not in state_dict or state_dict[key].ndim != 4 or state_dict[key].shape[1] == own.shape[1]:
+        return state_dict
+    return {**state_dict, key: adapt_input_conv(state_dict[key], own.shape[1])}
 
 
 def _keep_own_classifier_if_resized(model: nn.Module, state_dict: dict) -> dict:
-    """Swap in the model's own classifier tensors when the checkpoint's classifier has another shape."""
+    """Swap in the model's own classifier tensors when the checkpoint's classifier has another shape or the
+    model has none (``num_classes=0``)."""
     if not hasattr(model, "get_classifier"):
         return state_dict
     head = model.get_classifier()
     prefix = next((name + "." for name, m in model.named_modules() if m is head and name), None)
-    own = {k: v for k, v in model.state_dict().items() if prefix and k.startswith(prefix)}
-    if any(k in state_dict and state_dict[k].shape != v.shape for k, v in own.items()):
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)} | own
+    if prefix is None:
+        return state_dict
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    theirs = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if any(k not in own or own[k].shape != v.shape for k, v in theirs.items()):
+        state_dict = {k: v for k, v in state_dict.items() if k not in theirs} | own
     return state_dict
 
 

@@ -30,7 +30,7 @@ def convert_checkpoint(
     cfg = get_model_cfg(model_name)
     classifier = state_dict.get(cfg["classifier"] + ".weight") if cfg["classifier"] else None
     num_classes = classifier.shape[0] if classifier is not None else None
-    model_kwargs = model_kwargs or {}
+    model_kwargs = {**converter.model_kwargs.get(model_name, {}), **(model_kwargs or {})}
     model = create_model(model_name, num_classes=num_classes, **model_kwargs)
     state_dict = converter.filter_fn(state_dict, model)
     load_state_dict_checked(model, state_dict, what=f"official checkpoint {src}")

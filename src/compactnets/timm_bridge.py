@@ -2,29 +2,86 @@
 
 ``import compactnets`` registers them at once if timm is already imported, or else right after timm is
 first imported (a one-shot import hook), so ``import compactnets`` stays as fast without timm in use.
-Then ``timm.create_model('nin_xnornet')``, ``timm.list_models('nin*')`` and timm's data-config helpers work.
-timm's transforms assume RGB inputs scaled to 0-1: for models whose config says BGR or 0-255 pixels use
-``compactnets.data.eval_transform`` instead.
-"""
+Then ``timm.create_model('nin_xnornet')``, ``timm.list_models('nin*')``, ``timm.list_pretrained()``,
+``features_only=True`` and timm's data-config helpers work; pretrained tags (``'arch.tag'``) load the weights
+bundled with compactnets, ``pretrained_cfg_overlay=dict(file=...)`` a local file.
 
-from __future__ import annotations
+timm's transforms feed RGB pixels scaled to 0-1: for models whose weights expect 0-255 pixels the timm config
+carries mean/std divided by 255 (the same normalisation), but BGR models cannot be expressed, so creating one
+through timm warns and names ``compactnets.data.eval_transform``.
+"""
 
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 
-# timm's register_model reads this module's default_cfgs (plain dicts of PretrainedCfg fields).
-default_cfgs: dict[str, dict] = {}
-_TIMM_CFG_KEYS = ("num_classes", "input_size", "crop_pct", "interpolation", "mean", "std", "first_conv", "classifier")
+# timm's register_model reads this module's default_cfgs (DefaultCfg per architecture, from 'arch.tag' keys).
+default_cfgs: dict = {}
+_TIMM_CFG_KEYS = ("num_classes", "input_size", "crop_pct", "interpolation", "first_conv", "classifier", "pool_size")
+
+
+def timm_cfg(name: str, cfg: dict) -> dict:
+    """A compactnets config of ``name`` ('arch' or 'arch.tag') in timm's ``PretrainedCfg`` fields: mean/std on
+    0-1 pixels, the weights file as an absolute path."""
+    notes = cfg["notes"]
+    if cfg["channel_order"] != "RGB":
+        notes = f"{bgr_warning(name)} {notes}".strip()
+    out = {k: cfg[k] for k in _TIMM_CFG_KEYS} | _timm_normalisation(cfg) | {"paper_name": cfg["paper"], "notes": notes}
+    if cfg["file"]:
+        from .registry import bundled_weights_file  # the registry imports torch: only once timm is in use
+
+        out["file"] = str(bundled_weights_file(name))
+    return out
+
+
+def _timm_normalisation(cfg: dict) -> dict:
+    """mean/std for pixels scaled to 0-1: ``(x - m) / s`` on 0-255 pixels is ``(x/255 - m/255) / (s/255)``."""
+    scale = cfg["pixel_range"]
+    return {"mean": tuple(m / scale for m in cfg["mean"]), "std": tuple(s / scale for s in cfg["std"])}
+
+
+def bgr_warning(name: str) -> str:
+    return (
+        f"{name} expects BGR pixels, which timm's transforms (resolve_model_data_config + create_transform) "
+        "cannot produce: preprocess with compactnets.data.eval_transform(model.pretrained_cfg)."
+    )
 
 
 def _entrypoint(name: str):
-    def fn(pretrained=False, **kwargs):
-        from .registry import create_model
+    def fn(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs):
+        from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
-        for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-            kwargs.pop(timm_only, None)
-        return create_model(name, pretrained=pretrained, **kwargs)
+        resolved = resolve_pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay).to_dict()
+        tagged = f"{name}.{resolved['tag']}" if resolved.get("tag") else name
+        # create_model loads the weights (tags, compactnets checkpoints, classifier and first-conv adaptation);
+        # timm builds the cfg and, with features_only, its FeatureGetterNet over forward_intermediates.
+        weights = ((pretrained_cfg_overlay or {}).get("file") or True) if pretrained else False
+        own_cfg = {}
+
+        def build(**kw):
+            from .registry import create_model
+
+            model = create_model(tagged, pretrained=weights, **kw)
+            own_cfg.update(model.pretrained_cfg)
+            return model
+
+        model = build_model_with_cfg(
+            build,
+            name,
+            pretrained=False,
+            pretrained_cfg=resolved,
+            feature_cfg=dict(feature_cls="getter", out_indices=None),
+            **kwargs,
+        )
+        inner = getattr(model, "model", model)  # the model inside a feature extractor
+        # timm's fields and compactnets', with the normalisation in timm's terms (0-1 pixels; the same function)
+        own_cfg.update(_timm_normalisation(own_cfg), pixel_range=1.0)
+        if own_cfg["channel_order"] != "RGB":
+            own_cfg["notes"] = f"{bgr_warning(tagged)} {own_cfg['notes']}".strip()
+            warnings.warn(bgr_warning(tagged), UserWarning, stacklevel=3)
+        inner.pretrained_cfg = inner.default_cfg = {**resolved, **own_cfg}
+        return model
 
     fn.__name__ = fn.__qualname__ = name
     fn.__module__ = __name__
@@ -34,16 +91,19 @@ def _entrypoint(name: str):
 
 def register_all() -> list[str]:
     """Register every compactnets model with timm; names timm already uses are left to timm."""
-    from timm.models import is_model, register_model
+    from timm.models import generate_default_cfgs, is_model, register_model
 
-    from .registry import get_model_cfg, list_models
+    from .registry import list_models, pretrained_tags
 
     registered = []
     for name in list_models():
         if is_model(name) and name not in default_cfgs:
             continue
-        cfg = get_model_cfg(name)
-        default_cfgs[name] = {k: cfg[k] for k in _TIMM_CFG_KEYS} | {"paper_name": cfg["paper"], "notes": cfg["notes"]}
+        cfgs = {}
+        for tag, cfg in pretrained_tags(name).items():
+            key = f"{name}.{tag}" if tag else name
+            cfgs[key] = timm_cfg(key, cfg)
+        default_cfgs.update(generate_default_cfgs(cfgs))
         register_model(_entrypoint(name))
         registered.append(name)
     return registered

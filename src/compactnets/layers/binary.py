@@ -11,48 +11,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class _SignSTE(torch.autograd.Function):
-    """sign(x); the gradient flows only where |x| < 1 (the gradient of hardtanh)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.sign(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (x,) = ctx.saved_tensors
-        return grad_output * (x.abs() < 1).to(grad_output.dtype)
+def _sign_straight_through(x: torch.Tensor, clip: bool) -> torch.Tensor:
+    """``sign(x)`` forward; backward the gradient of ``hardtanh`` (passed where ``|x| < 1``) with ``clip``, else
+    the identity. Written with ``detach`` rather than an autograd Function, so TorchScript, fx and
+    ``torch.export`` take it as it is: ``s + (p - p.detach())`` adds an exact zero to ``s = sign(x)``."""
+    passed = F.hardtanh(x) if clip else x
+    return torch.sign(x).detach() + (passed - passed.detach())
 
 
-class _SignIdentity(torch.autograd.Function):
-    """sign(x) with an identity gradient (the clamp before it already masks |x| > 1)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return torch.sign(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return grad_output
-
-
-def _needs_grad(x: torch.Tensor) -> bool:
-    # Plain torch.sign when no gradient is wanted keeps inference graphs free of custom autograd nodes (export).
-    return torch.is_grad_enabled() and x.requires_grad
+@torch.fx.wrap  # a leaf for fx: the branch on requires_grad cannot be traced symbolically
+def binary_sign(x: torch.Tensor, clip: bool) -> torch.Tensor:
+    """``sign(x)`` (sign(0) = 0) with a straight-through gradient (see :func:`_sign_straight_through`); plain
+    ``torch.sign`` when no gradient is wanted, which keeps inference and export graphs minimal."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _sign_straight_through(x, clip)
+    return torch.sign(x)
 
 
 def binarize_activation(x: torch.Tensor) -> torch.Tensor:
-    return _SignSTE.apply(x) if _needs_grad(x) else torch.sign(x)
+    """sign(x); the gradient flows only where |x| < 1 (the gradient of hardtanh)."""
+    return binary_sign(x, True)
 
 
 def xnor_weight(weight: torch.Tensor, center: bool = True) -> torch.Tensor:
-    """Scaled binary weight ``sign(Wc) * alpha`` with one alpha per output channel."""
+    """Scaled binary weight ``sign(Wc) * alpha`` with one alpha per output channel; the sign's gradient is the
+    identity (the clamp before it already masks ``|Wc| > 1``)."""
     if center:
         weight = (weight - weight.mean(dim=1, keepdim=True)).clamp(-1.0, 1.0)
     alpha = weight.abs().mean(dim=(1, 2, 3), keepdim=True)
-    sign = _SignIdentity.apply(weight) if _needs_grad(weight) else torch.sign(weight)
-    return sign * alpha
+    return binary_sign(weight, False) * alpha
 
 
 class BinaryActivation(nn.Module):

@@ -27,13 +27,36 @@ from torch import nn
 
 
 def refer_to(owner: nn.Module, name: str, target: nn.Module) -> None:
-    """Make ``owner.<name>`` point at ``target`` without registering it as ``owner``'s child.
+    """Make ``target`` (a shared basis registered by the model) a child ``owner.<name>`` that the state dict skips.
 
-    A shared basis is registered once, by the model; its users keep plain references, so ``state_dict()`` holds
-    it under one key and ``named_modules()`` lists it once. (``nn.DataParallel`` replicas would still point at
-    the original module: train with DDP, as ``compactnets train`` does under torchrun.)
+    A real child, so TorchScript, fx and module hooks see it; but its tensors are saved and loaded once, under
+    the model's own key, and ``parameters()``/``named_modules()`` list it once (under the first path: register
+    it on the model before its users). (``nn.DataParallel`` replicas would still point at the original module:
+    train with DDP, as ``compactnets train`` does under torchrun.)
     """
-    object.__setattr__(owner, name, target)
+    owner.add_module(name, target)
+    if not hasattr(owner, "_referenced"):
+        owner._referenced = set()
+        owner.register_state_dict_post_hook(_drop_referenced)
+        owner.register_load_state_dict_pre_hook(_remember_prefix)
+        owner.register_load_state_dict_post_hook(_ignore_referenced)
+    owner._referenced.add(name)
+
+
+def _drop_referenced(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    copies = tuple(f"{prefix}{name}." for name in module._referenced)
+    for key in [k for k in state_dict if k.startswith(copies)]:
+        del state_dict[key]
+
+
+def _remember_prefix(module: nn.Module, state_dict, prefix: str, *args) -> None:
+    module._load_prefix = prefix
+
+
+def _ignore_referenced(module: nn.Module, incompatible_keys) -> None:
+    # load_state_dict visits every path of a child, so it reports the copies the state dict skips as missing
+    copies = tuple(f"{module._load_prefix}{name}." for name in module._referenced)
+    incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if not k.startswith(copies)]
 
 
 class SharedBasisConv2d(nn.Module):
@@ -73,11 +96,12 @@ class SharedBasisConv2d(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = dict(padding=self.padding, dilation=self.dilation)
+        padding, dilation = self.padding, self.dilation
         if self.groups == 1 and self.shared.groups == 1:
-            return F.conv2d(x, torch.cat([self.weight, self.shared.weight]), **conv)
-        unique = F.conv2d(x, self.weight, groups=self.groups, **conv)
-        return torch.cat([unique, F.conv2d(x, self.shared.weight, groups=self.shared.groups, **conv)], dim=1)
+            return F.conv2d(x, torch.cat([self.weight, self.shared.weight]), None, 1, padding, dilation)
+        unique = F.conv2d(x, self.weight, None, 1, padding, dilation, self.groups)
+        shared = F.conv2d(x, self.shared.weight, None, 1, padding, dilation, self.shared.groups)
+        return torch.cat([unique, shared], dim=1)
 
     def extra_repr(self) -> str:
         return (

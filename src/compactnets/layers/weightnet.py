@@ -22,7 +22,7 @@ The per-sample convolution has two implementations, equal up to float rounding:
   kernels a sum of k*k shifted slices times per-sample weights: exports to ONNX with a dynamic batch.
 """
 
-from __future__ import annotations
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +32,9 @@ PER_SAMPLE_IMPLS = ("grouped", "matmul")
 
 
 def _check_impl(impl: str) -> None:
-    if impl not in PER_SAMPLE_IMPLS:
-        raise ValueError(f"unknown per-sample convolution {impl!r}; choose from {', '.join(PER_SAMPLE_IMPLS)}")
+    if impl != "grouped" and impl != "matmul":  # PER_SAMPLE_IMPLS, spelled out for TorchScript
+        # concatenation, not an f-string: this runs in forward, which TorchScript compiles
+        raise ValueError("unknown per-sample convolution '" + impl + "'; choose from grouped, matmul")
 
 
 def _out_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -83,11 +84,12 @@ def per_sample_depthwise_conv2d(
     out_h, out_w = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
     x = F.pad(x, (padding, padding, padding, padding))
     weight = weight[..., None, None]  # (N, C, k, k, 1, 1): broadcast over each output position
-    y = None
+    y: Optional[torch.Tensor] = None  # noqa: UP045 (TorchScript reads Optional, not `| None`, in a function body)
     for i in range(k):
         for j in range(k):
             tap = x[:, :, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride]
             y = tap * weight[:, :, i, j] if y is None else y + tap * weight[:, :, i, j]
+    assert y is not None
     return y
 
 

@@ -18,8 +18,6 @@ cheaper ops (BN folded, separable conv pairs merged, every channel shuffle folde
 a shift-max, grouped 1x1 convs as one batched matmul).
 """
 
-from __future__ import annotations
-
 import copy
 import math
 from collections.abc import Sequence
@@ -40,6 +38,7 @@ from ..layers import (
     shuffle_perm,
 )
 from ..registry import model_cfg, register_converter, register_model
+from ._features import FeatureStages, identity_after
 
 FAMILY = "micronet"
 
@@ -130,7 +129,7 @@ class Stem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stem(x)
 
-    def fuse(self) -> FusedMicroBlock:
+    def fuse(self) -> "FusedMicroBlock":
         conv, _ = self.stem[0].fuse()
         pool = MaxGroupPooling(2) if isinstance(self.stem[1], MaxGroupPooling) else nn.ReLU6(inplace=True)
         return FusedMicroBlock([conv, pool], residual=False, order=None)
@@ -225,7 +224,7 @@ class MicroBlock(nn.Module):
         return out + x if self.residual else out
 
     @torch.no_grad()
-    def fuse(self) -> FusedMicroBlock:
+    def fuse(self) -> "FusedMicroBlock":
         """The block for inference. Channel shuffles become gather indices: a shift-max takes the shuffles that
         follow it into its own gather; after a conv, the order is carried through per-channel layers (ReLU6,
         depthwise conv) into the next shift-max, and made real only before a grouped pointwise conv or at
@@ -276,6 +275,11 @@ class SwishLinear(nn.Module):
         return self.linear(x)
 
 
+def _init_linear(linear: nn.Linear) -> None:
+    nn.init.normal_(linear.weight, 0, 0.01)
+    nn.init.zeros_(linear.bias)
+
+
 def _global_pool(kind: str) -> nn.Module:
     """The official head pools, then applies h_swish; '' keeps the unpooled map."""
     if kind not in ("avg", ""):
@@ -283,13 +287,15 @@ def _global_pool(kind: str) -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Hardswish(), nn.Flatten(1)) if kind else nn.Identity()
 
 
-class MicroNet(nn.Module):
+class MicroNet(FeatureStages, nn.Module):
     """MicroNet: stem, one :class:`MicroBlock` per table row, ReLU6, average pool, h_swish, and the two-layer
     classifier ``[Linear -> BN1d -> h_swish] -> Dropout -> [Linear -> BN1d -> h_swish]`` (the logits really pass
     through BN1d and h_swish, as in the official code).
 
-    ``num_classes=0`` drops both classifier layers (pooled features, ``num_features`` wide);
-    ``forward_head(pre_logits=True)`` returns the hidden layer (``head_hidden_size`` wide).
+    Head semantics as timm's MobileNetV3 (whose hidden layer also follows the pooling): ``num_classes=0`` drops
+    the last layer only, so the model returns the hidden layer (``head_hidden_size`` wide), which is also what
+    ``forward_head(pre_logits=True)`` returns; ``global_pool=''`` drops the whole head (the hidden layer needs
+    pooled features) and returns the unpooled map, ``num_features`` wide.
     """
 
     def __init__(
@@ -330,7 +336,9 @@ class MicroNet(nn.Module):
         self.drop_rate = drop_rate
         self._head_chs = head_chs
         self.global_pool = _global_pool(global_pool)
-        self.classifier: nn.Module = nn.Identity()
+        # Always three slots (hidden layer, dropout, last layer; nn.Identity where absent): the official key
+        # names, and a forward without type tests on submodules (they do not survive TorchScript).
+        self.classifier = nn.Sequential(nn.Identity(), nn.Identity(), nn.Identity())
         self.reset_classifier(num_classes)
         self._initialize_weights()
 
@@ -343,50 +351,52 @@ class MicroNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+                _init_linear(m)
 
     def get_classifier(self) -> nn.Module:
-        return self.classifier[2] if isinstance(self.classifier, nn.Sequential) else self.classifier
+        return self.classifier[2]
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new last layer (``num_classes`` wide), keeping a trained hidden layer; 0 removes the classifier."""
+        """A new last layer (``num_classes`` wide; 0: none), keeping a trained hidden layer."""
         if global_pool is not None:
             self.global_pool = _global_pool(global_pool)
-        if num_classes and isinstance(self.global_pool, nn.Identity):
+        pooled = not isinstance(self.global_pool, nn.Identity)
+        if num_classes and not pooled:
             raise ValueError("a classifier needs global_pool='avg'")
         self.num_classes = num_classes
-        if not num_classes:
-            self.classifier = nn.Identity()
+        if not pooled:
+            self.classifier = nn.Sequential(nn.Identity(), nn.Identity(), nn.Identity())
             self.head_hidden_size = self.num_features
             return
-        last = SwishLinear(self._head_chs, num_classes)
-        nn.init.normal_(last.linear[0].weight, 0, 0.01)
-        nn.init.zeros_(last.linear[0].bias)
-        if isinstance(self.classifier, nn.Sequential):
-            self.classifier[2] = last
-        else:
-            hidden = SwishLinear(self.num_features, self._head_chs)
-            nn.init.normal_(hidden.linear[0].weight, 0, 0.01)
-            nn.init.zeros_(hidden.linear[0].bias)
-            self.classifier = nn.Sequential(hidden, nn.Dropout(self.drop_rate), last)
+        if not isinstance(self.classifier[0], SwishLinear):
+            self.classifier[0] = SwishLinear(self.num_features, self._head_chs)
+            _init_linear(self.classifier[0].linear[0])
+            self.classifier[1] = nn.Dropout(self.drop_rate)
+        self.classifier[2] = SwishLinear(self._head_chs, num_classes) if num_classes else nn.Identity()
+        if num_classes:
+            _init_linear(self.classifier[2].linear[0])
         self.head_hidden_size = self._head_chs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.features(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if not isinstance(self.classifier, nn.Sequential):
-            return x
-        x = self.classifier[0](x)
+        x = self.classifier[0](self.global_pool(x))
         return x if pre_logits else self.classifier[2](self.classifier[1](x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def _feature_steps(self):
+        ends = [int(info["module"].rsplit(".", 1)[1]) for info in self.feature_info]
+        return [*self.features, self.act], ends
+
+    def _prune_after(self, level: int) -> None:
+        identity_after(self.features, int(self.feature_info[level]["module"].rsplit(".", 1)[1]))
+        self.act = nn.Identity()
+
     @torch.no_grad()
-    def fuse(self) -> FusedMicroNet:
+    def fuse(self) -> "FusedMicroNet":
         """An inference-only copy with the same outputs as this model in eval mode (BN running statistics,
         no dropout), in far fewer ops; this model is left unchanged and can keep training."""
         return FusedMicroNet(self)
@@ -421,11 +431,11 @@ class FusedHead(nn.Module):
         super().__init__()
         self.pool = not isinstance(model.global_pool, nn.Identity)
         self.layers = 0
-        if isinstance(model.classifier, nn.Sequential):
-            for i, layer in enumerate((model.classifier[0], model.classifier[2])):
+        for layer in (model.classifier[0], model.classifier[2]):
+            if isinstance(layer, SwishLinear):
                 weight, bias = fold_bn(layer.linear[0].weight, layer.linear[0].bias, layer.linear[1])
-                self.register_buffer(f"weight{i}", weight.t().contiguous(), persistent=False)
-                self.register_buffer(f"bias{i}", bias, persistent=False)
+                self.register_buffer(f"weight{self.layers}", weight.t().contiguous(), persistent=False)
+                self.register_buffer(f"bias{self.layers}", bias, persistent=False)
                 self.layers += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -454,7 +464,7 @@ class FusedMicroNet(nn.Module):
         self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}))
         self.to(device).eval()
 
-    def train(self, mode: bool = True) -> FusedMicroNet:
+    def train(self, mode: bool = True) -> "FusedMicroNet":
         if mode:
             raise RuntimeError("a fused MicroNet is for inference only: train the model it was fused from")
         return super().train(False)
@@ -496,8 +506,8 @@ def _cfg(**kwargs) -> dict:
     return model_cfg(
         first_conv="features.0.stem.0.conv.0",
         classifier="classifier.2.linear.0",
+        **{"pool_size": (7, 7), **kwargs},
         paper="MicroNet: Improving Image Recognition with Extremely Low FLOPs (ICCV 2021, arXiv 2108.05894)",
-        **kwargs,
     )
 
 
@@ -516,6 +526,7 @@ default_cfgs = {
         dataset="cifar10",
         num_classes=10,
         input_size=(3, 32, 32),
+        pool_size=(4, 4),
         crop_pct=1.0,
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),

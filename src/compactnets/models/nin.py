@@ -13,8 +13,6 @@ Every conv block is ``[channel shuffle] -> conv -> BN(out) -> ReLU``; binary blo
 last conv stay full precision and, as in the original NIN, the logits pass through the last block's ReLU.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +20,7 @@ from torch import nn
 
 from ..layers import BinaryActivation, BinaryConv2d, ChannelShuffle
 from ..registry import model_cfg, register_converter, register_model
+from ._features import FeatureStages, identity_after
 
 FAMILY = "xnor-net"
 
@@ -35,6 +34,7 @@ KERNELS = (5, 1, 1, None, 1, 1, 3, 1, 1)
 BINARY_BLOCKS = (False, True, True, True, True, True, True, True, False)
 # Sequential index of each conv block; pools sit at 3 (MaxPool 3/2/1) and 7 (AvgPool 3/2/1).
 BLOCK_SLOTS = (0, 1, 2, 4, 5, 6, 8, 9, 10)
+CLASSIFIER_SLOT = BLOCK_SLOTS[-1]
 
 
 class ConvBnReLU(nn.Module):
@@ -76,7 +76,7 @@ class BinaryConvBlock(nn.Module):
         return self.relu(self.conv(self.binarize(self.norm(self.shuffle(x)))))
 
 
-class NIN(nn.Module):
+class NIN(FeatureStages, nn.Module):
     """Network-in-Network for 32x32 inputs, full precision or XNOR-binarized.
 
     Args:
@@ -129,7 +129,7 @@ class NIN(nn.Module):
         self.reset_classifier(num_classes, global_pool)
 
     def get_classifier(self) -> nn.Module:
-        return self.sequential[10]
+        return self.sequential[CLASSIFIER_SLOT]
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New classifier block (full-precision 1x1 conv -> BN -> ReLU); ``num_classes=0`` removes it."""
@@ -144,21 +144,32 @@ class NIN(nn.Module):
             if num_classes > 0
             else nn.Identity()
         )
-        if len(self.sequential) > 10:
-            self.sequential[10] = classifier
+        if len(self.sequential) > CLASSIFIER_SLOT:
+            self.sequential[CLASSIFIER_SLOT] = classifier
         else:
             self.sequential.append(classifier)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sequential[:10](x)
+        for i, layer in enumerate(self.sequential):
+            if i < 10:  # CLASSIFIER_SLOT (TorchScript takes literals); a loop, as a slice builds a module per call
+                x = layer(x)
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if not pre_logits:
-            x = self.sequential[10](x)  # NIN classifies every position, then averages
+            x = self.sequential[10](x)  # CLASSIFIER_SLOT; NIN classifies every position, then averages
         return self.flatten(self.global_pool(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def _feature_steps(self):
+        return list(self.sequential)[:CLASSIFIER_SLOT], [int(i["module"].split(".")[1]) for i in self.feature_info]
+
+    def _prune_after(self, level: int) -> None:
+        classifier = self.sequential[CLASSIFIER_SLOT]
+        identity_after(self.sequential, int(self.feature_info[level]["module"].split(".")[1]))
+        self.sequential[CLASSIFIER_SLOT] = classifier
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: NIN) -> dict[str, torch.Tensor]:
@@ -195,6 +206,7 @@ def _cfg(**kwargs) -> dict:
         std=(0.2023, 0.1994, 0.2010),
         first_conv="sequential.0.conv",
         classifier="sequential.10.conv",
+        pool_size=(8, 8),
         paper="XNOR-Net (arXiv 1603.05279); Network In Network (arXiv 1312.4400)",
         **kwargs,
     )

@@ -25,8 +25,6 @@ per-sample convolution may run as a batched matmul for ONNX export (``impl='matm
 the official ``WeightNet.forward`` is the folded convolution at N = 1, so it needs no special case here.
 """
 
-from __future__ import annotations
-
 import pickle
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -40,6 +38,7 @@ from .. import safe_pickle
 from ..checkpoint import CheckpointError
 from ..layers import WeightNet, WeightNetDW
 from ..registry import model_cfg, register_converter, register_model
+from ._features import FeatureStages, identity_after
 
 FAMILY = "weightnet"
 
@@ -102,12 +101,21 @@ class ShuffleV2Block(nn.Module):
                 *_conv_bn(in_chs, in_chs, 1),
                 nn.ReLU(inplace=True),
             )
+        else:  # unused; TorchScript compiles both branches of forward
+            self.branch_proj = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
             x_proj, x = split_even_odd(x)
             return torch.cat((x_proj, self.branch_main(x)), 1)
         return torch.cat((self.branch_proj(x), self.branch_main(x)), 1)
+
+
+class _NoProjection(nn.Module):
+    """Stands in for the projection WeightNets of a stride-1 block, which never runs them."""
+
+    def forward(self, x: torch.Tensor, x_gap: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 class WeightNetShuffleV2Block(nn.Module):
@@ -147,6 +155,9 @@ class WeightNetShuffleV2Block(nn.Module):
             self.bn_proj_1 = nn.BatchNorm2d(in_chs)
             self.wnet_proj_2 = dense(in_chs, in_chs)
             self.bn_proj_2 = nn.BatchNorm2d(in_chs)
+        else:  # unused; TorchScript compiles both branches of forward
+            self.wnet_proj_1 = self.wnet_proj_2 = _NoProjection()
+            self.bn_proj_1 = self.bn_proj_2 = nn.Identity()
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +172,7 @@ class WeightNetShuffleV2Block(nn.Module):
         return torch.cat((x_proj, x), 1)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(FeatureStages, nn.Module):
     """ShuffleNetV2 in Megvii's layout, static or with WeightNet blocks.
 
     Args:
@@ -262,6 +273,16 @@ class ShuffleNetV2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def _feature_steps(self):
+        ends = [0] + [2 + int(info["module"].split(".")[1]) for info in self.feature_info[1:]]
+        return [self.first_conv, self.maxpool, *self.features, self.conv_last], ends
+
+    def _prune_after(self, level: int) -> None:
+        if level == 0:
+            self.maxpool = nn.Identity()
+        identity_after(self.features, int(self.feature_info[level]["module"].split(".")[1]) if level else -1)
+        self.conv_last = nn.Identity()
+
 
 # --- official checkpoints ---------------------------------------------------------------------------------
 
@@ -336,6 +357,7 @@ def _cfg(raw_bgr: bool, **kwargs) -> dict:
         std=(1.0, 1.0, 1.0) if raw_bgr else MEGENGINE_STD,
         first_conv="first_conv.0",
         classifier="classifier.0",
+        pool_size=(7, 7),
         paper=_PAPERS,
         **kwargs,
     )
