@@ -131,7 +131,9 @@ def test_checkpoint_with_code_is_refused(run_cli, tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": subprocess.Popen}, path)
     status, _, err = run_cli("eval", "--checkpoint", path, "--model", "nin")
-    assert status == 2 and "cannot be loaded safely" in err
+    # the refused global is named; the way around the refusal is not suggested
+    assert status == 2 and "refusing to load" in err and "Popen, which is code" in err
+    assert "weights_only=False" not in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

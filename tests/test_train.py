@@ -257,7 +257,10 @@ def test_auxiliary_loss_hook_is_weighted_and_logged(run_cli, tmp_path, monkeypat
     assert norms["5"] < 0.5 * norms["0"]
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "amp",
+    ["bf16", pytest.param("fp16", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="refused on CPUs"))],
+)
 def test_mixed_precision_and_clipping_train(run_cli, tmp_path, amp):
     out = tmp_path / amp
     status, _, err = run_cli("train", *TINY, "--train-limit", "100", "--eval-limit", "50", "--epochs", "1",

@@ -1,12 +1,26 @@
-"""compactnets: efficient ConvNets (WeightNet/ShuffleNetV2, MicroNet, shared filter bases, XNOR-Net) in PyTorch."""
+"""compactnets: efficient ConvNets (WeightNet/ShuffleNetV2, MicroNet, shared filter bases, XNOR-Net) in PyTorch.
 
-from . import (
-    models,  # noqa: F401  (registers the model families)
-    timm_bridge,
-)
-from .registry import create_model, get_model_cfg, list_families, list_models
+The package imports torch only when first used (``compactnets.create_model``, a submodule), so that
+``compactnets --help`` and ``--version`` start at once.
+"""
+
+import importlib.util
+
+from . import timm_bridge
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "create_model", "get_model_cfg", "list_families", "list_models"]
+_REGISTRY_API = {"create_model", "get_model_cfg", "list_families", "list_models"}
+
+
+def __getattr__(name: str):
+    if name in _REGISTRY_API:
+        from . import registry
+
+        return getattr(registry, name)
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # `compactnets.data` without importing it
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 timm_bridge.install()

@@ -1,27 +1,51 @@
-"""The ``compactnets`` command: train, eval, predict, profile, list, reproduce and convert."""
+"""The ``compactnets`` command: train, eval, predict, profile, list, reproduce and convert.
+
+Start-up stays fast: this module imports no torch; a command's options (and the modules they need) are built
+only when that command runs, so ``compactnets --help`` and ``--version`` import nothing heavy and ``list``
+never imports torchvision.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from . import __version__
-from .checkpoint import CheckpointError
-from .data import DataError, ImageReadError
-from .deploy import DeployError
-from .deploy.binary_kernel import BinaryKernelUnavailable
 from .engine.recipes import RecipeError
-from .engine.reproduce import ReproduceError
-from .registry import ModelArgumentError, UnknownModelError
+from .errors import (
+    BinaryKernelUnavailable,
+    CheckpointError,
+    DataError,
+    DeployError,
+    ImageReadError,
+    ModelArgumentError,
+    OptionError,
+    ReproduceError,
+    UnknownModelError,
+)
 from .safe_pickle import UnsafePickleError
 
 # Errors that describe bad input: printed as one line, exit status 2. Anything else is a bug: traceback.
 USER_ERRORS = (
     UnknownModelError, DataError, ImageReadError, CheckpointError, RecipeError, UnsafePickleError,
-    ModelArgumentError, FileNotFoundError, FloatingPointError, ReproduceError, BinaryKernelUnavailable, DeployError,
+    ModelArgumentError, OptionError, FileNotFoundError, FloatingPointError, ReproduceError, BinaryKernelUnavailable,
+    DeployError,
 )  # fmt: skip
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _at_least(args, minimum: int, *options: str) -> None:
+    for option in options:
+        value = getattr(args, option.replace("-", "_"))
+        if value is not None and value < minimum:
+            raise OptionError(f"--{option} must be at least {minimum}, not {value}")
+
+
+# --- train ------------------------------------------------------------------------------------------------
 
 
 def _train(args, parser, argv):
@@ -32,7 +56,8 @@ def _train(args, parser, argv):
     defaults = {}
     if args.resume:
         defaults = stored_args(args.resume)
-        defaults.pop("resume", None)
+        for one_off in ("resume", "overwrite", "print_config"):  # said for one invocation, not for the run
+            defaults.pop(one_off, None)
         defaults.setdefault("fast_data", "off")  # a run from before the fast path keeps its DataLoader batches
         defaults["output"] = str(resume_checkpoint_path(args.resume).parent)
     elif args.recipe:
@@ -45,31 +70,46 @@ def _train(args, parser, argv):
             "--epochs cannot change it (edit the phases in a copy of the recipe)"
         )
     args.output = args.output or default_output(args.model)
+    if args.print_config:
+        options = {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "print_config")}
+        print(json.dumps(options, indent=2, default=str))
+        return
     try:
         main(args)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"resume with `compactnets train --resume {args.output}`") from None
 
 
+# --- eval and predict -------------------------------------------------------------------------------------
+
+
 def _eval(args, parser, argv):
     import torch
 
     from .engine.distributed import resolve_device
-    from .engine.evaluate import build_eval_loader, evaluate
+    from .engine.evaluate import build_eval_loader, checkpoint_path, evaluate
+    from .engine.progress import Progress
 
-    model, _ = _load_for_inference(args)
-    device = resolve_device(args.device)  # a deployed file's runner sets it to the CPU
-    loader = build_eval_loader(
-        model.pretrained_cfg, args.data, args.dataset, args.split, args.batch_size, args.workers, args.limit
-    )
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    result = evaluate(model.to(device), loader, device, channels_last=args.channels_last)
-    cfg = model.pretrained_cfg
+    _at_least(args, 1, "batch-size", "limit", "log-interval")
+    _at_least(args, 0, "workers")
     fmt, path = _deployed_file(args)
+    # a missing GPU is reported before any data is read; the deployed runtimes run on the CPU
+    device = resolve_device("cpu" if fmt else args.device)
+    model, _ = _load_for_inference(args)
+    loader = build_eval_loader(
+        model.pretrained_cfg, args.data, args.dataset, args.split, args.batch_size, args.workers, args.limit,
+        classes=getattr(model, "class_names", None), match=args.match_classes, note=_note,
+    )  # fmt: skip
+    channels_last = args.channels_last and not fmt  # the runners take NCHW batches
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    progress = Progress(not args.no_progress, "eval", args.log_interval)
+    result = evaluate(model, loader, device, channels_last=channels_last, progress=progress)
+    cfg = model.pretrained_cfg
     row = {
         "model": cfg["architecture"],
-        "checkpoint": args.checkpoint,
+        "checkpoint": str(checkpoint_path(args.checkpoint)) if args.checkpoint else None,
         **({fmt: path} if fmt else {}),
         "data": args.data or "embedded",
         "split": args.split,
@@ -80,6 +120,7 @@ def _eval(args, parser, argv):
         "img_size": cfg["input_size"][-1],
         "crop_pct": cfg["crop_pct"],
         "interpolation": cfg["interpolation"],
+        "channels_last": channels_last,
         "device": str(device),
         "torch": torch.__version__,
     }
@@ -90,20 +131,6 @@ def _eval(args, parser, argv):
             f" * Acc@1 {result['top1']:.3f} ({row['top1_err']:.3f})  Acc@5 {result['top5']:.3f} "
             f"({row['top5_err']:.3f})  loss {result['loss']:.4f}  on {result['count']} images"
         )
-
-
-def _predict(args, parser, argv):
-    from .engine.evaluate import label_names, predict_images
-
-    model, ckpt = _load_for_inference(args)
-    results = predict_images(model, args.images, label_names(model, ckpt), args.topk)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    for r in results:
-        print(r["image"])
-        for rank, top in enumerate(r["top"]):
-            print(f"{rank}: class = {top['label']:20s} with probability = {100 * top['probability']:4.1f} %")
 
 
 def _deployed_file(args) -> tuple[str | None, str | None]:
@@ -126,6 +153,189 @@ def _load_for_inference(args):
     args.device = "cpu"  # the runners (onnxruntime, the packed kernel) run on the CPU
     runner = load_deployed(fmt, path)
     return runner, {"class_names": runner.class_names}
+
+
+def _image_paths(args) -> list[str]:
+    """The positional images (files, or folders of images), then the lines of --image-list."""
+    from pathlib import Path
+
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    paths = []
+    for item in args.images:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                str(p)
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMG_EXTENSIONS and not any(part.startswith(".") for part in p.parts[1:])
+            )
+            if not found:
+                raise DataError(f"no image file in the folder {path}")
+            paths += found
+        else:
+            paths.append(item)
+    if args.image_list:
+        try:
+            with open(args.image_list) as f:
+                paths += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read the image list {args.image_list}: {e}") from e
+    if not paths:
+        raise OptionError("name image files or folders, or pass --image-list")
+    return paths
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else ascii(text)[1:-1]
+
+
+def _predict(args, parser, argv):
+    import csv
+
+    from .engine.distributed import resolve_device
+    from .engine.evaluate import label_names, predict_images
+
+    _at_least(args, 1, "topk", "batch-size")
+    if args.json and args.csv:
+        raise OptionError("--json and --csv cannot be combined")
+    device = resolve_device("cpu" if _deployed_file(args)[0] else args.device)
+    paths = _image_paths(args)
+    model, ckpt = _load_for_inference(args)
+    skipped = []
+
+    def skip(error):
+        skipped.append(str(error))
+        _note(f"skipped: {error}")
+
+    results = predict_images(
+        model.to(device), paths, label_names(model, ckpt), args.topk, args.batch_size, device, on_error=skip
+    )
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["image", "rank", "label", "index", "probability"])
+        for r in results:
+            for rank, top in enumerate(r["top"]):
+                writer.writerow([r["image"], rank, top["label"], top["index"], f"{top['probability']:.6f}"])
+    elif args.json:  # a JSON array written as results arrive: memory stays bounded by the batch
+        print("[", end="")
+        for i, r in enumerate(results):
+            print(("," if i else "") + "\n" + json.dumps(r), end="")
+        print("\n]")
+    else:
+        for r in results:
+            print(_printable(r["image"]))
+            for rank, top in enumerate(r["top"]):
+                label = _printable(top["label"])
+                print(f"{rank}: class = {label:20s} with probability = {100 * top['probability']:4.1f} %")
+    if skipped and len(skipped) == len(paths):
+        raise ImageReadError(f"none of the {len(paths)} images could be read")
+
+
+# --- profile, list, convert -------------------------------------------------------------------------------
+
+
+def _published_number(text):
+    from .profiler import Figure
+
+    return None if text in (None, "") else Figure.parse(text).value
+
+
+def _profile(args, parser, argv):
+    from .profiler import format_layers, format_table, profile_model
+    from .registry import list_models
+
+    if args.models and (args.all or args.family):
+        raise OptionError("name models, or use --all or --family, not both")
+    if args.all and args.family:
+        raise OptionError("--all and --family cannot be combined")
+    if args.all or args.family:
+        names = list_models(family=args.family)
+    elif args.models:
+        names = args.models
+    else:
+        raise OptionError("name one or more models, or use --all / --family")
+    profiles = [profile_model(n, args.convention) for n in names]
+    if args.json:
+        rows = [p.as_dict() for p in profiles]
+        for row in rows:
+            if not args.layers:
+                row.pop("per_module_macs")
+            for key in ("published_params", "published_macs"):  # numbers; the printed text beside them
+                row[f"{key}_text"] = row[key]
+                row[key] = _published_number(row[key])
+        print(json.dumps(rows, indent=2))
+        return
+    print(format_table(profiles))
+    if args.layers:
+        for p in profiles:
+            print(f"\n{p.model}:\n{format_layers(p)}")
+
+
+def _list(args, parser, argv):
+    import fnmatch
+
+    from .engine.recipes import list_recipes, read_recipe
+    from .registry import get_model_cfg, list_models, model_family
+
+    if args.recipes:
+        if args.family:
+            raise OptionError("--family selects models; it cannot be combined with --recipes")
+        rows = [
+            {"recipe": r, "description": read_recipe(r).get("description", "")}
+            for r in list_recipes()
+            if fnmatch.fnmatch(r, args.pattern)
+        ]
+        text_rows = rows
+    else:
+        rows, text_rows = [], []
+        for name in list_models(args.pattern, args.family):
+            cfg = get_model_cfg(name)
+            ref = cfg["reference"]
+            row = {
+                "model": name,
+                "family": model_family(name),
+                "dataset": cfg["dataset"],
+                "input": "x".join(map(str, cfg["input_size"][1:])),
+                "params": ref.get("params"),
+                "macs": ref.get("macs"),
+                "macs_convention": ref.get("macs_convention") if ref.get("macs") else None,
+                "top1": ref.get("top1"),
+            }
+            text_rows.append({k: "-" if v is None else v for k, v in row.items()})
+            rows.append(row | {"params": _published_number(row["params"]), "macs": _published_number(row["macs"])})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no match")
+        return
+    keys = list(text_rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in text_rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys).rstrip())
+    for r in text_rows:
+        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip())
+    if not args.recipes:
+        print(
+            "\nparams, macs, top1: the published figures (top-1 in %). macs_convention: the counting rule that "
+            "reproduces each published MACs figure (`compactnets profile MODEL` measures it)."
+        )
+
+
+def _reproduce(args, parser, argv):
+    from .engine.reproduce import main
+
+    main(args)
+
+
+def _convert(args, parser, argv):
+    from .convert import convert_checkpoint
+    from .registry import model_family, parse_model_kwargs
+
+    family = args.family or model_family(args.model)
+    kwargs = parse_model_kwargs(args.model_kwargs, args.model)
+    result = convert_checkpoint(family, args.model, args.src, args.dst, kwargs)
+    print(f"converted {args.src} -> {result['output']} ({args.model}, {result['tensors']} tensors)")
 
 
 def _export(args, parser, argv):
@@ -158,6 +368,8 @@ def _export(args, parser, argv):
 
 
 def _bench(args, parser, argv):
+    from pathlib import Path
+
     from .deploy import bench
     from .registry import list_models
 
@@ -190,79 +402,6 @@ def _bench(args, parser, argv):
         print(bench.format_table(rows, markdown=args.markdown, metric=args.metric))
 
 
-def _profile(args, parser, argv):
-    from .profiler import format_layers, format_table, profile_model
-    from .registry import list_models
-
-    if args.all or args.family:
-        names = list_models(family=args.family)
-    elif args.models:
-        names = args.models
-    else:
-        parser.error("name one or more models, or use --all / --family")
-    profiles = [profile_model(n, args.convention) for n in names]
-    if args.json:
-        rows = [p.as_dict() for p in profiles]
-        for row in rows:
-            if not args.layers:
-                row.pop("per_module_macs")
-        print(json.dumps(rows, indent=2))
-        return
-    print(format_table(profiles))
-    if args.layers:
-        for p in profiles:
-            print(f"\n{p.model}:\n{format_layers(p)}")
-
-
-def _list(args, parser, argv):
-    from .engine.recipes import list_recipes, read_recipe
-    from .registry import get_model_cfg, list_models, model_family
-
-    if args.recipes:
-        rows = [{"recipe": r, "description": read_recipe(r).get("description", "")} for r in list_recipes()]
-    else:
-        rows = []
-        for name in list_models(args.pattern, args.family):
-            cfg = get_model_cfg(name)
-            ref = cfg["reference"]
-            rows.append(
-                {
-                    "model": name,
-                    "family": model_family(name),
-                    "dataset": cfg["dataset"],
-                    "input": "x".join(map(str, cfg["input_size"][1:])),
-                    "params": ref.get("params", ""),
-                    "macs": ref.get("macs", ""),
-                    "top1": ref.get("top1", ""),
-                }
-            )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        print("no match")
-        return
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys).rstrip())
-    for r in rows:
-        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip())
-
-
-def _reproduce(args, parser, argv):
-    from .engine.reproduce import main
-
-    main(args)
-
-
-def _convert(args, parser, argv):
-    from .convert import convert_checkpoint
-    from .registry import parse_model_kwargs
-
-    result = convert_checkpoint(args.family, args.model, args.src, args.dst, parse_model_kwargs(args.model_kwargs))
-    print(f"converted {args.src} -> {result['output']} ({args.model}, {result['tensors']} tensors)")
-
-
 def _batch_size(value: str) -> int | None:
     if value == "dynamic":
         return None
@@ -271,84 +410,107 @@ def _batch_size(value: str) -> int | None:
     return int(value)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    from .data.datasets import KINDS
-    from .deploy import FORMATS
-    from .deploy.bench import BACKENDS, DEFAULT_ANCHORS
-    from .engine.reproduce import add_reproduce_args
+# --- the parser -------------------------------------------------------------------------------------------
+
+
+def _train_args(p):
     from .engine.train import add_train_args
-    from .profiler import CONVENTIONS
-    from .registry import list_families
 
-    parser = argparse.ArgumentParser(
-        prog="compactnets",
-        description="Efficient ConvNets: train, evaluate, predict, profile, list and convert models.",
-    )
-    parser.add_argument("--version", action="version", version=f"compactnets {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    subs = {}
-
-    def command(name, help_text, func):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
-        subs[name] = p
-        return p
-
-    p = command("train", "train a model (no options: the demo on the embedded CIFAR-10 subset)", _train)
     add_train_args(p)
 
-    def add_checkpoint_args(p):
-        from .deploy import FORMATS
 
-        source = p.add_mutually_exclusive_group(required=True)
-        source.add_argument("--checkpoint", help="compactnets checkpoint (train or convert output)")
-        for fmt in FORMATS:
-            source.add_argument(
-                f"--{fmt}", metavar="FILE", help=f"a model exported with `compactnets export --format {fmt}`"
-            )
-        p.add_argument("--model", help="model name (default: the one the checkpoint names)")
+def _checkpoint_args(p):
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="compactnets checkpoint, or a run folder (its best.pth)")
+    from .deploy import FORMATS
 
-    p = command("eval", "top-1/top-5 and loss of a checkpoint on a dataset", _eval)
-    add_checkpoint_args(p)
+    for fmt in FORMATS:
+        source.add_argument(
+            f"--{fmt}", metavar="FILE", help=f"a model exported with `compactnets export --format {fmt}`"
+        )
+    p.add_argument("--model", help="model name (default: the one the checkpoint names)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def _eval_args(p):
+    from .data.datasets import KINDS
+
+    _checkpoint_args(p)
     p.add_argument("--data", help="dataset folder (default: the embedded CIFAR-10 subset)")
     p.add_argument("--dataset", choices=KINDS, help="dataset layout (default: detected)")
     p.add_argument("--split", default="test", help="test or val (ImageFolder accepts either), or train")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--workers", type=int)
     p.add_argument("--limit", type=int, help="evaluate a fixed random subset of this many images")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--match-classes",
+        choices=("name", "index"),
+        default="name",
+        help="name: map the data's classes to the checkpoint's class names (a subset is fine, an unknown class"
+        " is an error); index: take the data's label numbers as they are",
+    )
     p.add_argument(
         "--channels-last",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="channels-last memory format, as training uses by default (a binary net's signs can flip on"
-        " rounding-level differences in summation order; this reproduces the training log's figures)",
+        " rounding-level differences of summation order: the same format gives the training log's figures)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--log-interval", type=int, default=20, help="batches between progress lines off a terminal")
 
-    p = command("predict", "top-k classes with probabilities for image files", _predict)
-    add_checkpoint_args(p)
-    p.add_argument("images", nargs="+", help="image files")
+
+def _predict_args(p):
+    _checkpoint_args(p)
+    p.add_argument("images", nargs="*", help="image files or folders of images")
+    p.add_argument("--image-list", help="a text file with one image path per line")
     p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (bounds the memory)")
+    p.add_argument("--json", action="store_true", help="a JSON array, one object per image")
+    p.add_argument("--csv", action="store_true", help="CSV rows: image, rank, label, index, probability")
+
+
+def _profile_args(p):
+    from .profiler import CONVENTIONS
+    from .registry import list_families
+
+    p.add_argument("models", nargs="*", help="model names")
+    p.add_argument("--all", action="store_true", help="every registered model")
+    p.add_argument("--family", choices=list_families(), help="every model of one family")
+    p.add_argument(
+        "--convention", choices=list(CONVENTIONS), help="MACs counting rule (default: the paper's, per model)"
+    )
+    p.add_argument("--layers", action="store_true", help="also print MACs per layer")
     p.add_argument("--json", action="store_true")
 
-    p = command("export", "export a model (inference form) to a file another runtime runs, and check it", _export)
+
+def _list_args(p):
+    from .registry import list_families
+
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'nin*' (models or recipes)")
+    p.add_argument("--family", choices=list_families())
+    p.add_argument("--recipes", action="store_true", help="list the training recipes instead")
+    p.add_argument("--json", action="store_true", help="numbers as numbers, null where no figure is published")
+
+
+def _export_args(p):
+    from .deploy import FORMATS
+
     p.add_argument("model", nargs="?", help="model name (default: the one the checkpoint names)")
     p.add_argument("--checkpoint", help="compactnets checkpoint (default: random weights)")
     p.add_argument("--format", default="onnx", choices=list(FORMATS))
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument(
-        "--batch-size",
-        type=_batch_size,
-        default=None,
-        metavar="B|dynamic",
-        help="a fixed batch size, or 'dynamic' (default)",
+        "--batch-size", type=_batch_size, default=None, metavar="B|dynamic", help="a fixed batch size, or 'dynamic'"
     )
     p.add_argument("--no-check", action="store_true", help="skip the runtime vs PyTorch check at batch 1 and 3")
 
-    p = command(
-        "bench", "CPU latency and throughput beside params and MACs, interleaved across models and backends", _bench
-    )
+
+def _bench_args(p):
+    from .deploy.bench import BACKENDS, DEFAULT_ANCHORS
+
     p.add_argument("models", nargs="*", help="registered names or patterns ('micronet_m?'), tv:NAME, timm:NAME")
     p.add_argument("--anchors", action="store_true", help=f"add {', '.join(DEFAULT_ANCHORS)}")
     p.add_argument("--backend", nargs="+", default=["eager", "onnxruntime"], choices=list(BACKENDS))
@@ -366,41 +528,82 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--metric",
         choices=["wall", "cpu"],
         default="wall",
-        help="latency for the best-backend mark and the plot: wall-clock median (default) or CPU-time median"
+        help="latency for the best-backend mark and the plot: wall-clock median or CPU-time median"
         " (steadier on a shared machine)",
     )
 
-    p = command("profile", "parameters, MACs, binary MACs and size beside the published figures", _profile)
-    p.add_argument("models", nargs="*", help="model names")
-    p.add_argument("--all", action="store_true", help="every registered model")
-    p.add_argument("--family", choices=list_families(), help="every model of one family")
-    p.add_argument(
-        "--convention", choices=list(CONVENTIONS), help="MACs counting rule (default: the paper's, per model)"
-    )
-    p.add_argument("--layers", action="store_true", help="also print MACs per layer")
-    p.add_argument("--json", action="store_true")
 
-    p = command("list", "registered models (or recipes) with their published figures", _list)
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'nin*'")
-    p.add_argument("--family", choices=list_families())
-    p.add_argument("--recipes", action="store_true", help="list the training recipes instead")
-    p.add_argument("--json", action="store_true")
+def _reproduce_args(p):
+    from .engine.reproduce import add_reproduce_args
 
-    p = command("reproduce", "train the rows of a published table; table of published vs measured top-1", _reproduce)
     add_reproduce_args(p)
 
-    p = command("convert", "convert an official checkpoint into a compactnets checkpoint", _convert)
-    p.add_argument("--family", required=True, choices=list_families())
-    p.add_argument("--model", required=True, help="model name of that family")
+
+def _convert_args(p):
+    from .registry import list_families
+
+    p.add_argument("--family", choices=list_families(), help="default: the family of --model")
+    p.add_argument("--model", required=True, help="model name")
     p.add_argument("--model-kwargs", nargs="+", default=[], metavar="KEY=VALUE", help="constructor arguments")
     p.add_argument("src", help="official checkpoint file")
     p.add_argument("dst", help="compactnets checkpoint to write")
+
+
+# name: (one-line help, handler, options builder)
+COMMANDS = {
+    "train": ("train a model (no options: the demo on the embedded CIFAR-10 subset)", _train, _train_args),
+    "eval": ("top-1/top-5 and loss of a checkpoint on a dataset", _eval, _eval_args),
+    "predict": ("top-k classes with probabilities for image files", _predict, _predict_args),
+    "profile": ("parameters, MACs, binary MACs and size beside the published figures", _profile, _profile_args),
+    "list": ("registered models (or recipes) with their published figures", _list, _list_args),
+    "export": ("export a model (inference form) to a file another runtime runs, and check it", _export, _export_args),
+    "bench": (
+        "CPU latency and throughput beside params and MACs, interleaved across models and backends",
+        _bench,
+        _bench_args,
+    ),
+    "reproduce": (
+        "train the rows of a published table; table of published vs measured top-1",
+        _reproduce,
+        _reproduce_args,
+    ),
+    "convert": ("convert an official checkpoint into a compactnets checkpoint", _convert, _convert_args),
+}
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each option's default to its help (argparse's formatter would skip options without help)."""
+    for action in parser._actions:
+        default = action.default
+        if not action.option_strings or default in (None, False, [], argparse.SUPPRESS):
+            continue
+        if "%(default)" not in (action.help or ""):
+            action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
+
+
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser with every command, and the options of ``command`` only ('': none; None: every command's)."""
+    parser = argparse.ArgumentParser(
+        prog="compactnets",
+        description="Efficient ConvNets: train, evaluate, predict, profile, list, export, benchmark, reproduce and convert.",
+    )
+    parser.add_argument("--version", action="version", version=f"compactnets {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subs = {}
+    for name, (help_text, func, add_options) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if command in (None, name):
+            add_options(p)
+            _show_defaults(p)
+        subs[name] = p
     return parser, subs
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser, subs = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser, subs = build_parser(command if command in COMMANDS else "")
     args = parser.parse_args(argv)
     try:
         args.func(args, subs[args.command], argv[argv.index(args.command) + 1 :])

@@ -15,12 +15,17 @@ import ast
 import copy
 import difflib
 import fnmatch
+import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from torch import nn
+
+from .errors import ModelArgumentError, UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,14 +74,6 @@ def model_cfg(**kwargs) -> dict:
     return cfg
 
 
-class UnknownModelError(ValueError):
-    pass
-
-
-class ModelArgumentError(ValueError):
-    pass
-
-
 @dataclass(frozen=True)
 class _Entry:
     fn: Callable[..., nn.Module]
@@ -106,17 +103,88 @@ _models: dict[str, _Entry] = {}
 _converters: dict[str, Converter] = {}
 
 
-def parse_model_kwargs(items: list[str]) -> dict:
-    """``["channels=[48, 40]", "binary=True"]`` -> dict, values read as Python literals (else strings)."""
+_WORDS = {"true": True, "false": False, "none": None, "null": None}  # as YAML/JSON users write them
+
+
+def _literal(text: str):
+    if text.strip().lower() in _WORDS:
+        return _WORDS[text.strip().lower()]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text  # a bare word: a string
+
+
+def _type_name(annotation) -> str:
+    if isinstance(annotation, type) and get_origin(annotation) is None:
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("collections.abc.", "")
+
+
+def _matches(value, annotation) -> bool:
+    """Whether ``value`` (a Python literal) is of the annotated type; unknown annotations accept anything."""
+    if annotation in (inspect.Parameter.empty, Any):
+        return True
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if annotation is type(None):
+        return value is None
+    if annotation in (int, float, bool, str):
+        if isinstance(value, bool):  # bool is an int subclass: True is not a width
+            return annotation is bool
+        return isinstance(value, (int, float) if annotation is float else annotation)
+    if origin in (list, tuple, Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(_matches(v, args[0]) for v in value)
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def _constructor_signature(name: str) -> tuple[dict[str, inspect.Parameter], dict] | None:
+    """The keyword arguments of the class a registered constructor returns, with their type hints;
+    None when they cannot be known (no return annotation, or the class takes ``**kwargs``)."""
+    try:
+        cls = get_type_hints(_entry(name).fn).get("return")
+        if not isinstance(cls, type):
+            return None
+        params = inspect.signature(cls.__init__).parameters
+        hints = get_type_hints(cls.__init__)
+    except (NameError, TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {k: p for k, p in params.items() if k != "self" and p.kind in keywords}, hints
+
+
+def parse_model_kwargs(items: list[str], model: str | None = None) -> dict:
+    """``["channels=[48, 40]", "binary=false"]`` -> ``{"channels": [48, 40], "binary": False}``.
+
+    Values are Python literals (``true``/``false``/``none`` in any case too; anything else is a string). With
+    ``model``, each key must be an argument of its constructor and each value of that argument's type.
+    """
     kwargs = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise ModelArgumentError(f"--model-kwargs takes KEY=VALUE items, got {item!r}")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
+        kwargs[key] = _literal(value)
+    signature = _constructor_signature(model) if model and kwargs else None
+    if signature:
+        params, hints = signature
+        for key, value in kwargs.items():
+            if key not in params:
+                raise ModelArgumentError(f"{model} takes no argument {key!r}; it takes {', '.join(params)}")
+            annotation = hints.get(key, inspect.Parameter.empty)
+            if not _matches(value, annotation):
+                raise ModelArgumentError(
+                    f"--model-kwargs {key}={value!r}: {model} expects {_type_name(annotation)} for {key}"
+                )
     return kwargs
 
 
@@ -163,12 +231,21 @@ def register_converter(family: str, filter_fn, reader=None, model_kwargs: Mappin
 
 
 def get_converter(family: str) -> Converter:
+    _families_loaded()
     if family not in _converters:
         raise ValueError(f"no converter for family {family!r}; known: {', '.join(sorted(_converters))}")
     return _converters[family]
 
 
+def _families_loaded() -> dict[str, _Entry]:
+    """The registry, once every family module has registered its models (imported on first use)."""
+    from . import models  # noqa: F401
+
+    return _models
+
+
 def _entry(name: str) -> _Entry:
+    _families_loaded()
     arch, _ = split_model_name_tag(name)
     if arch not in _models:
         close = difflib.get_close_matches(arch, list(_models), n=3, cutoff=0.5)
@@ -188,14 +265,14 @@ def _tag_cfg(name: str) -> tuple[_Entry, dict]:
 
 
 def is_model(name: str) -> bool:
-    return split_model_name_tag(name)[0] in _models
+    return split_model_name_tag(name)[0] in _families_loaded()
 
 
 def list_models(pattern: str = "*", family: str | None = None, pretrained: bool = False) -> list[str]:
     """Registered model names matching a shell-style pattern, optionally of one family, sorted. With
     ``pretrained``, the ``arch.tag`` names that have bundled weights (as timm's ``list_models(pretrained=True)``)."""
     names = []
-    for arch, entry in _models.items():
+    for arch, entry in _families_loaded().items():
         if family is not None and entry.family != family:
             continue
         if pretrained:
@@ -206,7 +283,7 @@ def list_models(pattern: str = "*", family: str | None = None, pretrained: bool 
 
 
 def list_families() -> list[str]:
-    return sorted({e.family for e in _models.values()})
+    return sorted({e.family for e in _families_loaded().values()})
 
 
 def model_family(name: str) -> str:

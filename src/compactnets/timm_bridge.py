@@ -16,8 +16,6 @@ import importlib.util
 import sys
 import warnings
 
-from .registry import bundled_weights_file, create_model, list_models, pretrained_tags
-
 # timm's register_model reads this module's default_cfgs (DefaultCfg per architecture, from 'arch.tag' keys).
 default_cfgs: dict = {}
 _TIMM_CFG_KEYS = ("num_classes", "input_size", "crop_pct", "interpolation", "first_conv", "classifier", "pool_size")
@@ -31,6 +29,8 @@ def timm_cfg(name: str, cfg: dict) -> dict:
         notes = f"{bgr_warning(name)} {notes}".strip()
     out = {k: cfg[k] for k in _TIMM_CFG_KEYS} | _timm_normalisation(cfg) | {"paper_name": cfg["paper"], "notes": notes}
     if cfg["file"]:
+        from .registry import bundled_weights_file  # the registry imports torch: only once timm is in use
+
         out["file"] = str(bundled_weights_file(name))
     return out
 
@@ -60,6 +60,8 @@ def _entrypoint(name: str):
         own_cfg = {}
 
         def build(**kw):
+            from .registry import create_model
+
             model = create_model(tagged, pretrained=weights, **kw)
             own_cfg.update(model.pretrained_cfg)
             return model
@@ -90,6 +92,8 @@ def _entrypoint(name: str):
 def register_all() -> list[str]:
     """Register every compactnets model with timm; names timm already uses are left to timm."""
     from timm.models import generate_default_cfgs, is_model, register_model
+
+    from .registry import list_models, pretrained_tags
 
     registered = []
     for name in list_models():

@@ -16,11 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import DeployError
 from .folding import fold_batch_norms
-
-
-class DeployError(ValueError):
-    """An export that cannot be made or fails its check, or a deployed file that cannot be run."""
 
 
 def example_input(model: nn.Module, batch: int = 2, input_size=None) -> torch.Tensor:

@@ -23,15 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import BinaryKernelUnavailable  # defined there so that the CLI starts without torch
+
 ENV_PATH = "COMPACTNETS_BINARY_KERNEL"
 PATHS = {"portable": 1, "avx2": 2, "avx512": 3}  # codes of csrc/binconv.c
 LANES = 8  # output channels per vector group in the kernel weight layout (CN_LANES)
 _ERRORS = {-1: "out of memory", -2: "instruction set not supported by this CPU", -3: "bad arguments",
            -4: "could not start a thread"}  # fmt: skip
-
-
-class BinaryKernelUnavailable(RuntimeError):
-    """The compiled kernel is missing or cannot run here (the float model still works)."""
 
 
 class _BconvArgs(ctypes.Structure):

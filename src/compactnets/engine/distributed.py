@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ..errors import OptionError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -28,9 +30,17 @@ class DistInfo:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU if there is one) or a torch device name; a GPU that is not there is an OptionError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise OptionError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:1, ...)") from e
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        found = f"{torch.cuda.device_count()} GPUs" if torch.cuda.is_available() else "no GPU"
+        raise OptionError(f"--device {name}: this machine has {found} that torch can use")
+    return device
 
 
 def device_description(device: torch.device) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -10,10 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..checkpoint import CheckpointError, apply_preprocessing, extract_state_dict, load_file, load_state_dict_checked
-from ..data import build_dataset, class_names, eval_transform, load_rgb_image
-from ..data.datasets import subset_indices
-from ..registry import create_model, is_model
+from ..checkpoint import (
+    CheckpointError,
+    apply_preprocessing,
+    check_class_names,
+    extract_state_dict,
+    load_file,
+    load_state_dict_checked,
+)
+from ..data import DataError, ImageReadError, build_dataset, class_names, eval_transform, load_rgb_image
+from ..data.classes import match_classes
+from ..data.datasets import RelabelledDataset, subset_indices
+from ..registry import create_model, get_model_cfg, is_model
 from .distributed import DistInfo, ShardSampler, all_reduce_sum
 
 IN_MEMORY_KINDS = ("embedded", "cifar10", "cifar100")
@@ -36,26 +45,77 @@ def limit_dataset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     return subset
 
 
+def checkpoint_path(path: str | Path, name: str = "best.pth") -> Path:
+    """A checkpoint file, or the ``name`` checkpoint of a run folder."""
+    path = Path(path)
+    return path / name if path.is_dir() else path
+
+
+def _head_width(state_dict: dict, classifier: str) -> int | None:
+    weight = state_dict.get(f"{classifier}.weight") if classifier else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
+
+
 def load_model(checkpoint: str | Path, model_name: str | None = None) -> tuple[nn.Module, dict]:
-    """The model a checkpoint was saved from (or ``model_name``), with its weights and preprocessing."""
+    """The model a checkpoint (or a run folder's best.pth) was saved from, or ``model_name``, with its weights,
+    its validated preprocessing and ``class_names`` (the checkpoint's, else the dataset's when they fit)."""
+    checkpoint = checkpoint_path(checkpoint)
     ckpt = load_file(checkpoint)
     name = model_name or ckpt.get("arch")
-    if not name:
+    if not name or not isinstance(name, str):
         raise CheckpointError(f"{checkpoint} does not name its model; pass --model")
     if not is_model(name):
         create_model(name)  # raises the unknown-model error with suggestions
     saved_cfg = ckpt.get("pretrained_cfg") or {}
-    num_classes = saved_cfg.get("num_classes") or (len(ckpt["class_names"]) if ckpt.get("class_names") else None)
-    model = create_model(name, num_classes=num_classes, **(ckpt.get("model_kwargs") or {}))
-    load_state_dict_checked(model, extract_state_dict(ckpt), what=f"checkpoint {checkpoint}")
-    apply_preprocessing(model, saved_cfg)
+    if not isinstance(saved_cfg, dict):
+        raise CheckpointError(f"{checkpoint}: pretrained_cfg should be a dict")
+    state_dict = extract_state_dict(ckpt)
+    # The classifier's width comes from its weights: a crafted num_classes cannot allocate a huge head.
+    num_classes = _head_width(state_dict, get_model_cfg(name)["classifier"]) or saved_cfg.get("num_classes")
+    model_kwargs = ckpt.get("model_kwargs") or {}
+    if not isinstance(model_kwargs, dict):
+        raise CheckpointError(f"{checkpoint}: model_kwargs should be a dict")
+    model = create_model(name, num_classes=num_classes, **model_kwargs)
+    load_state_dict_checked(model, state_dict, what=f"checkpoint {checkpoint}")
+    apply_preprocessing(model, saved_cfg, where=str(checkpoint))
+    names = ckpt.get("class_names")
+    check_class_names(names, model.num_classes, where=str(checkpoint))
+    model.class_names = list(names) if names else _dataset_names(model)
     return model.eval(), ckpt
 
 
+def _dataset_names(model: nn.Module) -> list[str] | None:
+    names = class_names(model.pretrained_cfg.get("dataset", ""))
+    return list(names) if names and len(names) == model.num_classes else None
+
+
 def label_names(model: nn.Module, ckpt: dict | None = None) -> list[str]:
-    names = (ckpt or {}).get("class_names") or class_names(model.pretrained_cfg.get("dataset", ""))
-    num = model.num_classes
+    """A name per output: the loaded object's ``class_names`` (checkpoint or runner), else numbers."""
+    names = getattr(model, "class_names", None) or (ckpt or {}).get("class_names") or _dataset_names(model)
+    num = model.pretrained_cfg["num_classes"]
     return list(names) if names and len(names) == num else [str(i) for i in range(num)]
+
+
+def build_eval_dataset(
+    cfg: dict, data=None, kind=None, split="test", limit=None, seed=0, classes=None, match="name", note=None
+) -> Dataset:
+    """The evaluation split with its labels mapped by class name to ``classes`` (the model's; see
+    :func:`~compactnets.data.classes.match_classes`), or taken as they are with ``match='index'``."""
+    from ..data import detect_kind
+
+    kind = kind or detect_kind(data)
+    dataset = build_dataset(data, split, eval_transform(cfg), kind)
+    num_classes = len(classes) if classes else cfg["num_classes"]
+    if match == "index":
+        if len(dataset.classes) > num_classes:
+            raise DataError(f"the data has {len(dataset.classes)} classes, more than the model's {num_classes}")
+    else:
+        mapping, message = match_classes(dataset.classes, classes, num_classes)
+        if message and note:
+            note(message)
+        if mapping is not None:
+            dataset = RelabelledDataset(dataset, mapping, classes)
+    return limit_dataset(dataset, limit, seed)
 
 
 def build_eval_loader(
@@ -68,11 +128,14 @@ def build_eval_loader(
     limit=None,
     seed=0,
     dist_info: DistInfo | None = None,
+    classes=None,
+    match="name",
+    note=None,
 ) -> DataLoader:
     from ..data import detect_kind
 
     kind = kind or detect_kind(data)
-    dataset = limit_dataset(build_dataset(data, split, eval_transform(cfg), kind), limit, seed)
+    dataset = build_eval_dataset(cfg, data, kind, split, limit, seed, classes, match, note)
     info = dist_info or DistInfo()
     return DataLoader(
         dataset,
@@ -84,12 +147,15 @@ def build_eval_loader(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast=None, channels_last=False) -> dict:
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, autocast=None, channels_last=False, progress=None
+) -> dict:
     """Mean cross-entropy (no smoothing), top-1 and top-5 in %, over every sample of ``loader``
-    (summed across ranks when distributed)."""
+    (summed across ranks when distributed); ``progress`` (a :class:`~compactnets.engine.progress.Progress`)
+    wraps the loader."""
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
-    for images, targets in loader:
+    for images, targets in progress(loader) if progress else loader:
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -115,18 +181,42 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocas
 
 
 @torch.no_grad()
-def predict_images(model: nn.Module, paths: list[str | Path], names: list[str], topk: int = 5) -> list[dict]:
-    """Top-k labels with probabilities for each image file, preprocessed as the model's config says."""
+def predict_images(
+    model: nn.Module,
+    paths: list[str | Path],
+    names: list[str],
+    topk: int = 5,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    on_error: Callable[[ImageReadError], None] | None = None,
+) -> Iterator[dict]:
+    """Top-k labels with probabilities for each image file, preprocessed as the model's config says.
+
+    Images are read ``batch_size`` at a time, so memory is bounded by the batch, not by the number of files.
+    An unreadable file is passed to ``on_error`` and skipped (raised when ``on_error`` is None).
+    """
     transform = eval_transform(model.pretrained_cfg)
-    batch = torch.stack([transform(load_rgb_image(str(p))) for p in paths])
-    probs = model.eval()(batch).float().softmax(dim=1)
-    values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-    return [
-        {
-            "image": str(path),
-            "top": [
-                {"label": names[i], "index": i, "probability": p} for p, i in zip(v.tolist(), idx.tolist(), strict=True)
-            ],
-        }
-        for path, v, idx in zip(paths, values, indices, strict=True)
-    ]
+    model.eval()
+    for start in range(0, len(paths), batch_size):
+        images, kept = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(transform(load_rgb_image(str(path))))
+            except ImageReadError as e:
+                if on_error is None:
+                    raise
+                on_error(e)
+                continue
+            kept.append(path)
+        if not kept:
+            continue
+        batch = torch.stack(images)
+        if device is not None:
+            batch = batch.to(device)
+        probs = model(batch).float().softmax(dim=1).cpu()
+        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+        for path, v, idx in zip(kept, values.tolist(), indices.tolist(), strict=True):
+            yield {
+                "image": str(path),
+                "top": [{"label": names[i], "index": i, "probability": p} for p, i in zip(v, idx, strict=True)],
+            }

@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data import build_dataset, train_transform
-from ..data.memory import DeviceBatches, FastDataUnavailable, check_fast_path, decode_split
+from ..data.classes import match_classes
+from ..data.datasets import check_images_readable
+from ..data.memory import DecodedSplit, DeviceBatches, FastDataUnavailable, check_fast_path, decode_split
 from .distributed import DistInfo
 from .evaluate import build_eval_loader, default_workers, limit_dataset
 
@@ -66,7 +68,9 @@ def _fast_data(args, cfg, kind, augment, dist_info: DistInfo, device, log) -> Tr
     train = DeviceBatches(train_split, batch_size=args.batch_size, train=True, augment=augment, **common)
     evaluation = None
     if args.eval_every:
-        test_split = decode_split(args.data, "test", kind, args.eval_limit, args.seed, log)
+        test_split = _labelled_like(
+            decode_split(args.data, "test", kind, args.eval_limit, args.seed, log), train_split.classes, log
+        )
         evaluation = DeviceBatches(
             test_split, batch_size=args.eval_batch_size or args.batch_size, train=False, **common
         )
@@ -74,7 +78,17 @@ def _fast_data(args, cfg, kind, augment, dist_info: DistInfo, device, log) -> Tr
     return TrainingData(train, evaluation, train_split.classes, train.length, description)
 
 
-def _dataloaders(args, cfg, kind, augment, dist_info: DistInfo, device) -> TrainingData:
+def _labelled_like(split: DecodedSplit, classes: list[str], log) -> DecodedSplit:
+    """The evaluation split with its labels mapped by class name to the training split's classes."""
+    mapping, note = match_classes(split.classes, classes, len(classes))
+    if note:
+        log(note)
+    if mapping is None:
+        return split
+    return DecodedSplit(split.images, torch.tensor(mapping)[split.targets], list(classes))
+
+
+def _dataloaders(args, cfg, kind, augment, dist_info: DistInfo, device, log) -> TrainingData:
     train_set = build_dataset(args.data, "train", train_transform(cfg, augment, args.color_jitter), kind)
     train_set = limit_dataset(train_set, args.train_limit, args.seed)
     workers = default_workers(kind) if args.workers is None else args.workers
@@ -92,10 +106,13 @@ def _dataloaders(args, cfg, kind, augment, dist_info: DistInfo, device) -> Train
     )
     eval_loader = None
     if args.eval_every:
+        # Problems of the evaluation split surface now, not after the first epoch: classes the training split
+        # lacks (labels are matched by class name), unreadable files.
         eval_loader = build_eval_loader(
             cfg, args.data, kind, "test", args.eval_batch_size or args.batch_size, workers, args.eval_limit,
-            args.seed, dist_info,
+            args.seed, dist_info, classes=list(train_set.classes), note=log,
         )  # fmt: skip
+        check_images_readable(eval_loader.dataset)
     return TrainingData(
         train_loader, eval_loader, list(train_set.classes), len(train_set),
         f"torchvision DataLoader, {workers} worker(s)", args.seed, sampler, generator,
@@ -115,6 +132,6 @@ def build_training_data(
             if mode == "on":
                 raise FastDataUnavailable(f"--fast-data on: {e} (use --fast-data auto or off)") from None
             log(f"fast data path off: {e}")
-    data = data or _dataloaders(args, cfg, kind, augment, dist_info, device)
+    data = data or _dataloaders(args, cfg, kind, augment, dist_info, device, log)
     args.fast_data_resolved = "on" if data.fast else "off"  # recorded in args.json
     return data

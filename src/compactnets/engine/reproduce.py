@@ -26,6 +26,7 @@ from pathlib import Path
 from ..checkpoint import load_file
 from ..data.classes import CIFAR10_CLASSES
 from ..data.datasets import EMBEDDED_FILE, detect_kind
+from ..errors import ReproduceError
 from ..registry import get_model_cfg
 from .recipes import RecipeError, list_recipes, read_recipe
 
@@ -46,10 +47,6 @@ _JPEG_LUMA = (
     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
 )  # fmt: skip
-
-
-class ReproduceError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)

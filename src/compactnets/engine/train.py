@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,19 +35,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from ..checkpoint import CHECKPOINT_VERSION, load_file, load_state_dict_checked, save_atomic
+from ..checkpoint import (
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    load_file,
+    load_state_dict_checked,
+    orphan_temporaries,
+    save_atomic,
+)
 from ..data import detect_kind
 from ..data.datasets import KINDS
 from ..data.transforms import AUGMENTATIONS
+from ..errors import OptionError
 from ..registry import create_model, get_model_cfg, parse_model_kwargs
 from .distributed import device_description, init_distributed, resolve_device, shutdown_distributed
 from .evaluate import evaluate
 from .loaders import FAST_DATA_CHOICES, build_training_data
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
 from .precision import AMP_CHOICES, resolve_amp
-from .recipes import RecipeError
+from .progress import Progress
 
 DEFAULT_MODEL = "nin"
 LOG_FIELDS = (
@@ -110,9 +118,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--output", help="run folder (default: runs/<model>-<time>)")
     g.add_argument("--resume", help="continue from a checkpoint (last.pth) or a run folder")
+    g.add_argument("--overwrite", action="store_true", help="start over in an --output folder that holds a run")
+    g.add_argument("--print-config", action="store_true", help="print the resolved options (JSON) and exit")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: never)")
     g.add_argument("--eval-first", action="store_true", help="also evaluate before training")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    g.add_argument("--log-interval", type=int, default=50, help="batches between progress lines off a terminal")
     parser.set_defaults(phases=None)  # set by a recipe's [[phases]] tables only
     return parser
 
@@ -194,10 +205,26 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def train_one_epoch(model, optimizer, scheduler, loader, device, args, scaler, autocast, progress) -> dict:
+def _stop_if_diverged(first_bad: torch.Tensor, bad_value: torch.Tensor, first_step: int) -> None:
+    step = int(first_bad)
+    if step >= 0:
+        raise FloatingPointError(
+            f"the loss became {float(bad_value)} at step {first_step + step + 1} (iteration {step} of the epoch): "
+            "lower --lr or set --clip-grad; no checkpoint of these weights was written"
+        )
+
+
+def train_one_epoch(
+    model, optimizer, scheduler, loader, device, args, scaler, autocast, progress, first_step: int = 0
+) -> dict:
+    """One pass over ``loader``. A non-finite loss stops training (FloatingPointError naming the step, counted
+    from ``first_step``) before the epoch's weights can be saved."""
     model.train()
     auxiliary_loss = getattr(_unwrap(model), "auxiliary_loss", None)
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, correct, count, aux sum
+    # The first iteration whose loss is not finite, kept on the device (no sync per step).
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    bad_value = torch.zeros((), device=device)
     for step, (images, targets) in enumerate(progress(loader)):
         if args.steps and scheduler.last_epoch >= args.steps:  # the scheduler counts the run's iterations
             break
@@ -224,6 +251,9 @@ def train_one_epoch(model, optimizer, scheduler, loader, device, args, scaler, a
         else:
             optimizer.step()
         scheduler.step()
+        newly_bad = ~torch.isfinite(total.detach()) & (first_bad < 0)
+        first_bad = torch.where(newly_bad, step, first_bad)
+        bad_value = torch.where(newly_bad, total.detach().float(), bad_value)
         n = len(targets)
         stats += torch.stack(
             [
@@ -234,12 +264,10 @@ def train_one_epoch(model, optimizer, scheduler, loader, device, args, scaler, a
             ]
         )
         if step % 20 == 0 or step == len(loader) - 1:
+            _stop_if_diverged(first_bad, bad_value, first_step)
             loss_sum, correct, count, _ = stats.tolist()
-            if not np.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"the loss became {loss.item()} at iteration {step}: lower --lr or set --clip-grad"
-                )
             progress.postfix(loss=loss_sum / count, top1=100 * correct / count)
+    _stop_if_diverged(first_bad, bad_value, first_step)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(stats)
     loss_sum, correct, count, aux_sum = stats.tolist()
@@ -248,23 +276,6 @@ def train_one_epoch(model, optimizer, scheduler, loader, device, args, scaler, a
         "top1": 100.0 * correct / count,
         "aux_loss": aux_sum / count if auxiliary_loss else None,
     }
-
-
-class _Progress:
-    """tqdm over the batches of an epoch (silent on other ranks or with --no-progress)."""
-
-    def __init__(self, enabled: bool, desc: str):
-        self.enabled, self.desc, self.bar = enabled, desc, None
-
-    def __call__(self, loader):
-        if not self.enabled:
-            return loader
-        self.bar = tqdm(loader, desc=self.desc, leave=False, dynamic_ncols=True)
-        return self.bar
-
-    def postfix(self, **values):
-        if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
 
 
 # --- the run ----------------------------------------------------------------------------------------------
@@ -298,17 +309,144 @@ def _fmt(v, spec=".3f"):
     return "-" if v is None else format(v, spec)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Raise an OptionError naming the first option whose value cannot be meant."""
+
+    def fail(option: str, value, expected: str):
+        raise OptionError(f"--{option} must be {expected}, not {value}")
+
+    for option in ("epochs", "batch_size", "eval_batch_size", "steps", "train_limit", "eval_limit"):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
+            fail(option.replace("_", "-"), value, "a positive integer")
+    if args.log_interval < 1:
+        fail("log-interval", args.log_interval, "a positive integer")
+    for option in ("workers", "eval_every"):
+        value = getattr(args, option, None)
+        if value is not None and value < 0:
+            fail(option.replace("_", "-"), value, "zero or more")
+    for option in ("lr", "weight_decay", "momentum", "warmup_epochs", "min_lr", "color_jitter", "aux_loss_weight"):
+        value = getattr(args, option, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            fail(option.replace("_", "-"), value, "a finite number >= 0")
+    if not 0 <= args.label_smoothing < 1:
+        fail("label-smoothing", args.label_smoothing, "in [0, 1)")
+    if args.clip_grad is not None and not (math.isfinite(args.clip_grad) and args.clip_grad > 0):
+        fail("clip-grad", args.clip_grad, "a positive number")
+    if args.steps is not None and args.phases:
+        raise OptionError("--steps cannot be combined with [[phases]] (each phase counts epochs)")
+    if args.phases and any("steps" in p for p in args.phases):
+        raise OptionError("--steps cannot be combined with [[phases]] (each phase counts epochs)")
+    if args.resume and args.overwrite:
+        raise OptionError("--resume continues a run and --overwrite starts over: choose one")
+    parse_model_kwargs(args.model_kwargs, args.model)  # names a bad key or type before any data is read
+
+
 def main(args: argparse.Namespace) -> dict:
     """Train as ``args`` say; return the final and best metrics."""
-    if args.steps is not None and args.steps < 1:
-        raise RecipeError(f"--steps must be a positive number of iterations, not {args.steps}")
-    if args.phases and (args.steps or any("steps" in p for p in args.phases)):
-        raise RecipeError("--steps cannot be combined with [[phases]] (each phase counts epochs)")
-    dist_info, device = init_distributed(resolve_device(args.device))
+    check_options(args)
+    device = resolve_device(args.device)
+    if args.amp == "fp16" and device.type == "cpu":
+        raise OptionError(
+            "--amp fp16 on the CPU runs far slower than fp32 (CPUs have no fast fp16 kernels); use --amp bf16"
+        )
+    dist_info, device = init_distributed(device)
     try:
-        return _run(args, dist_info, device)
+        with RunFolder(Path(args.output), args, dist_info.is_main):
+            return _run(args, dist_info, device)
     finally:
         shutdown_distributed(dist_info)
+
+
+RUN_FILES = ("last.pth", "best.pth", "log.csv", "args.json")  # checkpoints first
+LOCK_FILE = ".lock"
+
+
+class RunFolder:
+    """The ``--output`` folder, held by one run at a time (a lock file naming the holder).
+
+    A folder that holds another run is refused unless the run resumes it or ``--overwrite`` starts over (its
+    run files are then removed); temporary checkpoint files that a killed run left behind are removed.
+    """
+
+    def __init__(self, out: Path, args: argparse.Namespace, is_main: bool):
+        self.out, self.args, self.is_main, self.lock = out, args, is_main, out / LOCK_FILE
+
+    def __enter__(self) -> RunFolder:
+        if not self.is_main:
+            return self
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise OptionError(f"--output {out} is a file, not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OptionError(f"--output {out} cannot be created: {e.strerror or e}") from e
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise OptionError(f"--output {out} is not writable")
+        self._take_lock()
+        resumes_here = self.args.resume and resume_checkpoint_path(self.args.resume).parent.resolve() == out.resolve()
+        held = [name for name in RUN_FILES[:2] if (out / name).exists()]  # checkpoints: a run was trained here
+        if held and not resumes_here and not self.args.overwrite:
+            self._release()
+            raise OptionError(
+                f"--output {out} holds a run ({', '.join(held)}): continue it with --resume {out}, "
+                "start over with --overwrite, or choose another folder"
+            )
+        if not resumes_here:  # starting over, or the files of a start that never finished an epoch
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        for tmp in orphan_temporaries(out):
+            tmp.unlink(missing_ok=True)
+        return self
+
+    def _take_lock(self) -> None:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._lock_is_stale():
+                    raise OptionError(f"--output {self.out} is in use: {self._describe_holder()}") from None
+                self.lock.unlink(missing_ok=True)  # its process is gone (killed): take over
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(holder, f)
+            return
+        raise OptionError(f"--output {self.out}: cannot take the lock file {self.lock}")
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.lock.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _describe_holder(self) -> str:
+        h = self._holder()
+        return (
+            f"run of pid {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('started', '?')} "
+            f"(lock file {self.lock}; delete it if that run is gone)"
+        )
+
+    def _lock_is_stale(self) -> bool:
+        h = self._holder()
+        if h.get("host") != socket.gethostname() or not isinstance(h.get("pid"), int):
+            return False  # another machine's process cannot be checked from here
+        try:
+            os.kill(h["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _release(self) -> None:
+        if self._holder().get("pid") == os.getpid():
+            self.lock.unlink(missing_ok=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.is_main:
+            self._release()
 
 
 def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
@@ -323,7 +461,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     train_loader, eval_loader, classes = training_data.train, training_data.eval, training_data.classes
     num_classes = args.num_classes or len(classes)
 
-    model_kwargs = parse_model_kwargs(args.model_kwargs)
+    model_kwargs = parse_model_kwargs(args.model_kwargs, args.model)
     model = create_model(args.model, pretrained=args.pretrained or False, num_classes=num_classes, **model_kwargs)
     model.to(device)
     if args.channels_last:
@@ -344,6 +482,12 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     if args.resume:
         path = resume_checkpoint_path(args.resume)
         ckpt = load_file(path)
+        lacking = [k for k in ("state_dict", "rng", "epoch", "optimizer", "scheduler") if k not in ckpt]
+        if lacking:
+            raise CheckpointError(
+                f"{path} holds weights without a training state (no {', '.join(lacking)}): --resume continues "
+                f"a compactnets training run; to start a run from these weights use --pretrained {path}"
+            )
         load_state_dict_checked(_unwrap(model), ckpt["state_dict"], what=f"checkpoint {path}")
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
@@ -368,6 +512,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         log(f"epoch 0 (before training): eval loss {e['loss']:.3f} top-1 {e['top1']:.2f} top-5 {e['top5']:.2f}")
 
     phases = build_phases(args)
+    show_progress = dist_info.is_main and not args.no_progress
     metrics = {}
     for index, phase in enumerate(phases):
         if phase.end <= start_epoch:
@@ -395,48 +540,45 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             start = time.perf_counter()
             training_data.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            progress = _Progress(dist_info.is_main and not args.no_progress, f"epoch {epoch + 1}/{args.epochs}")
+            progress = Progress(show_progress, f"epoch {epoch + 1}/{args.epochs}", args.log_interval)
             train_stats = train_one_epoch(
-                model, optimizer, scheduler, train_loader, device, phase.args, scaler, autocast, progress
-            )
+                model, optimizer, scheduler, train_loader, device, phase.args, scaler, autocast, progress,
+                first_step=epoch * iters_per_epoch,
+            )  # fmt: skip
+
+            state = {
+                "version": CHECKPOINT_VERSION,
+                "arch": args.model,
+                "model_kwargs": model_kwargs,
+                "state_dict": _unwrap(model).state_dict(),
+                "pretrained_cfg": _plain(_unwrap(model).pretrained_cfg),
+                "class_names": classes,
+                "epoch": epoch + 1,
+                "phase": index,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "args": options,
+            }
             eval_stats = None
             if eval_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == phase.end):
-                eval_stats = evaluate(model, eval_loader, device, autocast, args.channels_last)
+                if dist_info.is_main:  # the trained epoch is kept even if its evaluation fails
+                    metrics = _metrics(epoch, lr, train_stats, None, best, start)
+                    save_atomic(
+                        {**state, "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state()},
+                        out / "last.pth",
+                    )
+                eval_progress = Progress(show_progress, f"eval after epoch {epoch + 1}", args.log_interval)
+                eval_stats = evaluate(model, eval_loader, device, autocast, args.channels_last, eval_progress)
             score = eval_stats["top1"] if eval_stats else train_stats["top1"]
             is_best = best is None or score > best
             if is_best:
                 best, best_epoch = score, epoch + 1
-            metrics = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": train_stats["loss"],
-                "train_top1": train_stats["top1"],
-                "aux_loss": train_stats["aux_loss"],
-                "eval_loss": eval_stats and eval_stats["loss"],
-                "eval_top1": eval_stats and eval_stats["top1"],
-                "eval_top5": eval_stats and eval_stats["top5"],
-                "best_top1": best,
-                "epoch_time_s": round(time.perf_counter() - start, 2),
-            }
+            metrics = _metrics(epoch, lr, train_stats, eval_stats, best, start)
             if dist_info.is_main:
                 checkpoint = {
-                    "version": CHECKPOINT_VERSION,
-                    "arch": args.model,
-                    "model_kwargs": model_kwargs,
-                    "state_dict": _unwrap(model).state_dict(),
-                    "pretrained_cfg": _plain(_unwrap(model).pretrained_cfg),
-                    "class_names": classes,
-                    "epoch": epoch + 1,
-                    "phase": index,
-                    "metrics": metrics,
-                    "best_top1": best,
-                    "best_epoch": best_epoch,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": rng_state(),
-                    "args": options,
-                }
+                    **state, "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state()
+                }  # fmt: skip
                 # Log, best, then last: a run killed between any two writes resumes from a consistent last.pth
                 # (log rows after its epoch are dropped on resume).
                 rows.append({k: ("" if v is None else v) for k, v in metrics.items()})
@@ -451,6 +593,21 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             f"checkpoints in {out}/ (last.pth, best.pth), log {out}/log.csv"
         )
     return {"final": metrics, "best_top1": best, "best_epoch": best_epoch, "output": str(out)}
+
+
+def _metrics(epoch: int, lr: float, train_stats: dict, eval_stats: dict | None, best, start: float) -> dict:
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": train_stats["loss"],
+        "train_top1": train_stats["top1"],
+        "aux_loss": train_stats["aux_loss"],
+        "eval_loss": eval_stats and eval_stats["loss"],
+        "eval_top1": eval_stats and eval_stats["top1"],
+        "eval_top5": eval_stats and eval_stats["top5"],
+        "best_top1": best,
+        "epoch_time_s": round(time.perf_counter() - start, 2),
+    }
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
