@@ -585,7 +585,7 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
     """The parser with every command, and the options of ``command`` only ('': none; None: every command's)."""
     parser = argparse.ArgumentParser(
         prog="compactnets",
-        description="Efficient ConvNets: train, evaluate, predict, profile, list, export, benchmark, reproduce and convert.",
+        description="Efficient ConvNets: train, eval, predict, profile, list, export, bench, reproduce, convert.",
     )
     parser.add_argument("--version", action="version", version=f"compactnets {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
