@@ -110,6 +110,7 @@ def _eval(args, parser, argv):
     row = {
         "model": cfg["architecture"],
         "checkpoint": str(checkpoint_path(args.checkpoint)) if args.checkpoint else None,
+        **({"pretrained": args.model} if args.pretrained else {}),
         **({fmt: path} if fmt else {}),
         "data": args.data or "embedded",
         "split": args.split,
@@ -146,6 +147,8 @@ def _load_for_inference(args):
     from .engine.evaluate import load_model
 
     fmt, path = _deployed_file(args)
+    if args.pretrained:
+        return _load_shipped(args)
     if fmt is None:
         return load_model(args.checkpoint, args.model)
     if args.model:
@@ -278,6 +281,8 @@ def _list(args, parser, argv):
     from .engine.recipes import list_recipes, read_recipe
     from .registry import get_model_cfg, list_models, model_family
 
+    if args.recipes and args.pretrained:
+        raise OptionError("--recipes and --pretrained list different things; choose one")
     if args.recipes:
         if args.family:
             raise OptionError("--family selects models; it cannot be combined with --recipes")
@@ -287,6 +292,23 @@ def _list(args, parser, argv):
             if fnmatch.fnmatch(r, args.pattern)
         ]
         text_rows = rows
+    elif args.pretrained:
+        rows = []
+        for name in list_models(args.pattern, args.family, pretrained=True):
+            cfg = get_model_cfg(name)
+            trained = cfg["training"]
+            rows.append(
+                {
+                    "model": name,
+                    "recipe": trained.get("recipe"),
+                    "epochs": trained.get("epochs"),
+                    "top1": trained.get("top1"),
+                    "top5": trained.get("top5"),
+                    "published_top1": cfg["reference"].get("top1"),
+                    "data": trained.get("data"),
+                }
+            )
+        text_rows = [{k: "-" if v is None else v for k, v in row.items()} for row in rows]
     else:
         rows, text_rows = [], []
         for name in list_models(args.pattern, args.family):
@@ -315,7 +337,12 @@ def _list(args, parser, argv):
     print("  ".join(k.ljust(widths[k]) for k in keys).rstrip())
     for r in text_rows:
         print("  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip())
-    if not args.recipes:
+    if args.pretrained:
+        print(
+            "\ntop1, top5: measured by `compactnets eval --model NAME --pretrained --data ../shared/data/cifar10` "
+            "(fp32, channels-last); published_top1: the paper's full schedule"
+        )
+    elif not args.recipes:
         print(
             "\nparams, macs, top1: the published figures (top-1 in %). macs_convention: the counting rule that "
             "reproduces each published MACs figure (`compactnets profile MODEL` measures it)."
@@ -338,6 +365,14 @@ def _convert(args, parser, argv):
     print(f"converted {args.src} -> {result['output']} ({args.model}, {result['tensors']} tensors)")
 
 
+def _load_shipped(args):
+    from .engine.evaluate import load_shipped
+
+    if not args.model:
+        raise OptionError("--pretrained needs --model NAME (or NAME.TAG): `compactnets list --pretrained` shows them")
+    return load_shipped(args.model)
+
+
 def _export(args, parser, argv):
     from .deploy import FORMATS
     from .engine.evaluate import label_names, load_model
@@ -345,6 +380,8 @@ def _export(args, parser, argv):
 
     if args.checkpoint:
         model, ckpt = load_model(args.checkpoint, args.model)
+    elif args.pretrained:
+        model, ckpt = _load_shipped(args)
     elif args.model:
         model, ckpt = create_model(args.model).eval(), None
         print(f"note: no --checkpoint: exporting {args.model} with random weights", file=sys.stderr)
@@ -424,6 +461,7 @@ def _checkpoint_args(p):
     source.add_argument("--checkpoint", help="compactnets checkpoint, or a run folder (its best.pth)")
     from .deploy import FORMATS
 
+    source.add_argument("--pretrained", action="store_true", help="the weights shipped for --model (NAME or NAME.TAG)")
     for fmt in FORMATS:
         source.add_argument(
             f"--{fmt}", metavar="FILE", help=f"a model exported with `compactnets export --format {fmt}`"
@@ -491,6 +529,7 @@ def _list_args(p):
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'nin*' (models or recipes)")
     p.add_argument("--family", choices=list_families())
     p.add_argument("--recipes", action="store_true", help="list the training recipes instead")
+    p.add_argument("--pretrained", action="store_true", help="list the shipped weights (NAME.TAG) and their figures")
     p.add_argument("--json", action="store_true", help="numbers as numbers, null where no figure is published")
 
 
@@ -498,7 +537,9 @@ def _export_args(p):
     from .deploy import FORMATS
 
     p.add_argument("model", nargs="?", help="model name (default: the one the checkpoint names)")
-    p.add_argument("--checkpoint", help="compactnets checkpoint (default: random weights)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="compactnets checkpoint (default: random weights)")
+    source.add_argument("--pretrained", action="store_true", help="the weights shipped for MODEL (NAME or NAME.TAG)")
     p.add_argument("--format", default="onnx", choices=list(FORMATS))
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")

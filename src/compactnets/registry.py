@@ -74,6 +74,30 @@ def model_cfg(**kwargs) -> dict:
     return cfg
 
 
+CIFAR10_JPEG = "../shared/data/cifar10: the CIFAR-10 test set re-encoded as JPEG quality 75 (10,000 images)"
+
+
+def shipped_cfg(base: dict, name: str, recipe: str, epochs: int, top1: float, top5: float) -> dict:
+    """The config of weights trained by compactnets and shipped as ``weights/<name>.safetensors`` (``name`` is
+    ``arch.tag``): ``base`` with the file and how it was trained; ``top1``/``top5`` as ``compactnets eval`` measures
+    them on the CIFAR-10 test set of ../shared/data (fp32, channels-last)."""
+    arch = name.partition(".")[0]
+    return {
+        **copy.deepcopy(base),
+        "file": f"weights/{name}.safetensors",
+        "training": dict(
+            recipe=recipe,
+            epochs=epochs,
+            data=CIFAR10_JPEG,
+            top1=top1,
+            top5=top5,
+            eval=f"compactnets eval --model {name} --pretrained --data ../shared/data/cifar10",
+            command=f"compactnets train --recipe {recipe} --data ../shared/data/cifar10",
+            notes=f"a shortened schedule: {epochs} epochs on a 2-core CPU; not the paper's run ({arch}'s reference)",
+        ),
+    }
+
+
 @dataclass(frozen=True)
 class _Entry:
     fn: Callable[..., nn.Module]

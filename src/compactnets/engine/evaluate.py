@@ -84,6 +84,13 @@ def load_model(checkpoint: str | Path, model_name: str | None = None) -> tuple[n
     return model.eval(), ckpt
 
 
+def load_shipped(name: str) -> tuple[nn.Module, dict]:
+    """``name`` (``arch`` or ``arch.tag``) with the weights shipped in the package, its dataset's class names."""
+    model = create_model(name, pretrained=True)
+    model.class_names = _dataset_names(model)
+    return model.eval(), {}
+
+
 def _dataset_names(model: nn.Module) -> list[str] | None:
     names = class_names(model.pretrained_cfg.get("dataset", ""))
     return list(names) if names and len(names) == model.num_classes else None

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..layers import BinaryActivation, BinaryConv2d, ChannelShuffle
-from ..registry import model_cfg, register_converter, register_model
+from ..registry import model_cfg, register_converter, register_model, shipped_cfg
 from ._features import FeatureStages, identity_after
 
 FAMILY = "xnor-net"
@@ -242,6 +242,13 @@ default_cfgs = {
         reference=_ref("589.85 k", "24.71 MMac", 75.76, notes="lr 0.1, 150 epochs, best test epoch")
     ),
 }
+# Weights trained by compactnets on a CPU (tools/ship_weights.py), with the figures `compactnets eval` measures.
+default_cfgs["nin.cifar10jpeg_3ep"] = shipped_cfg(
+    default_cfgs["nin"], "nin.cifar10jpeg_3ep", "nin_cifar10_short", 3, top1=77.41, top5=98.58
+)
+default_cfgs["nin_xnornet.cifar10jpeg_3ep"] = shipped_cfg(
+    default_cfgs["nin_xnornet"], "nin_xnornet.cifar10jpeg_3ep", "nin_xnornet_cifar10_short", 3, top1=50.31, top5=93.67
+)
 
 
 @register_model

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError
 from ..layers import SharedBasisConv2d, basis_similarity, refer_to
-from ..registry import IMAGENET_MEAN, IMAGENET_STD, model_cfg, register_converter, register_model
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, model_cfg, register_converter, register_model, shipped_cfg
 from ._features import FeatureStages, identity_after
 
 FAMILY = "shared-bases"
@@ -884,6 +884,15 @@ default_cfgs = {
         "imagenet", first_conv="pre.0", classifier="classifier.1", reference=_ref("3.24M", "0.66G", 27.61, 9.34)
     ),
 }
+# Weights trained by compactnets on a CPU (tools/ship_weights.py), with the figures `compactnets eval` measures.
+default_cfgs["resnet32_s8u1_cifar10.cifar10jpeg_5ep"] = shipped_cfg(
+    default_cfgs["resnet32_s8u1_cifar10"],
+    "resnet32_s8u1_cifar10.cifar10jpeg_5ep",
+    "shared_bases_resnet32_cifar10_short",
+    5,
+    top1=73.18,
+    top5=98.17,
+)
 
 
 @register_model
