@@ -395,7 +395,7 @@ def _export(args, parser, argv):
     check = result.get("check_error")
     details = [args.format]
     if "batch" in result:
-        details.append(f"batch {result['batch']}")
+        details.append(f"batch {result['batch'] or 'dynamic'}")
     if "bytes" in result:
         details.append(f"{result['bytes']:,} bytes, {result['binary_convs']} binary convs")
     if "input_size" in result:
