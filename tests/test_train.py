@@ -101,9 +101,9 @@ def test_resume_is_exact(run_cli, tmp_path, monkeypatch, fast_data):
 
     save = engine.save_atomic
 
-    def save_then_stop(obj, path):  # Ctrl-C right after epoch 1 is safely on disk
+    def save_then_stop(obj, path):  # Ctrl-C right after epoch 1 and its evaluation are safely on disk
         save(obj, path)
-        if obj["epoch"] == 1 and path.name == "last.pth":
+        if obj["epoch"] == 1 and path.name == "last.pth" and obj["metrics"]["eval_top1"] is not None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "save_atomic", save_then_stop)
@@ -223,7 +223,7 @@ def test_phases_restart_from_best_and_resume_across_a_boundary(run_cli, tmp_path
 
     def save_then_stop(obj, path):
         save(obj, path)
-        if obj["epoch"] == 1 and path.name == "last.pth":
+        if obj["epoch"] == 1 and path.name == "last.pth" and obj["metrics"]["eval_top1"] is not None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "save_atomic", save_then_stop)
@@ -285,7 +285,7 @@ def test_steps_fix_the_run_length_and_the_schedule(run_cli, tmp_path):
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0)  # the schedule ended with the run
 
     status, _, err = run_cli("train", "--steps", "0", "--output", tmp_path / "zero")
-    assert status == 2 and "--steps must be a positive number of iterations, not 0" in err
+    assert status == 2 and "--steps must be a positive integer, not 0" in err
     recipe = tmp_path / "phased.toml"
     recipe.write_text(PHASED)
     status, _, err = run_cli("train", "--recipe", recipe, "--steps", "10", "--output", tmp_path / "phased")
