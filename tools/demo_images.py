@@ -1,6 +1,6 @@
 """Write a few images of the embedded CIFAR-10 test subset as PNG files, for `compactnets predict` in the demo.
 
-    python tools/demo_images.py runs/demo/images --per-class 1
+python tools/demo_images.py runs/demo/images --per-class 1
 """
 
 import argparse
