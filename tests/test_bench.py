@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import compactnets
-from compactnets.deploy import DeployError, bench
+from compactnets.deploy import DeployError, bench, binary_kernel
 from compactnets.profiler import count_params, flop_counter_macs
 
 ROW_KEYS = {
@@ -68,3 +68,16 @@ def test_bench_input_errors(run_cli):
     assert status == 2 and "no registered model matches" in err
     status, _, err = run_cli("bench", "tv:no_such_net", "--runs", "1", "--backend", "eager")
     assert status == 2 and "tv:no_such_net" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not binary_kernel.is_available(), reason="the binary kernel is not built")
+def test_packed_backend_runs_binarized_models_and_skips_the_others():
+    rows, _ = bench.run_bench(
+        ["nin_xnornet", "nin_k3"], ["eager", "packed"], threads=1, warmup=1, runs=2, batch=1, batch_runs=1
+    )
+    assert [(r.model, r.backend) for r in rows] == [
+        ("nin_xnornet", "eager"),
+        ("nin_xnornet", "packed"),
+        ("nin_k3", "eager"),
+    ]
+    assert rows[1].kernel.startswith("compactnets binary kernel (") and rows[1].macs == rows[0].macs

@@ -181,12 +181,26 @@ def _onnxruntime(model: nn.Module, example: torch.Tensor, workdir: Path, threads
     return Runner(runner.forward, lambda x: x, "NCHW", "onnxruntime CPU (MLAS)")
 
 
-# One entry per backend: (model, example input, scratch folder, threads) -> Runner.
-BACKENDS: dict[str, Callable[[nn.Module, torch.Tensor, Path, int], Runner]] = {
+def _packed(model: nn.Module, example: torch.Tensor, workdir: Path, threads: int) -> Runner:
+    from ..layers import BinaryConv2d
+    from .binary_kernel import kernel_path
+    from .packed import export_packed, load_packed
+
+    if not any(isinstance(m, BinaryConv2d) for m in model.modules()):
+        return None
+    path = workdir / f"{model.pretrained_cfg['architecture']}.packed.safetensors"
+    export_packed(model, path, input_size=tuple(example.shape[1:]), check=False)
+    runner = load_packed(path, threads=threads)
+    return Runner(_no_grad(runner), lambda x: x, "NCHW", f"compactnets binary kernel ({kernel_path()})")
+
+
+# One entry per backend: (model, example input, scratch folder, threads) -> Runner, or None where it does not apply.
+BACKENDS: dict[str, Callable[[nn.Module, torch.Tensor, Path, int], Runner | None]] = {
     "eager": _eager,
     "channels_last": _channels_last,
     "compile": _compile,
     "onnxruntime": _onnxruntime,
+    "packed": _packed,  # binarized models only
 }
 
 
@@ -251,6 +265,10 @@ def run_bench(
                 if log:
                     log(f"preparing {name} ({backend})")
                 runner = BACKENDS[backend](model, example_input(model, 2, size), Path(workdir), threads)
+                if runner is None:
+                    if log:
+                        log(f"  {name}: the {backend} backend does not apply (skipped)")
+                    continue
                 key = f"{name} [{backend}]"
                 entries[key] = runner
                 info[key] = (name, backend, size, count_params(model), macs)
