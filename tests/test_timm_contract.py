@@ -255,19 +255,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def bundled_tag(tmp_path, monkeypatch):
-    """nin_xnornet with a 'cifar10_short' tag whose weights are a small safetensors file (the lead bundles the
-    real ones), registered in compactnets and timm; returns the weights."""
+    """nin_xnornet with a 'cifar10_short' tag (instead of its shipped one) whose weights are a small safetensors
+    file, registered in compactnets and timm; returns the weights."""
     torch.manual_seed(3)
     weights = _randomize_bn(compactnets.create_model("nin_xnornet")).state_dict()
     path = tmp_path / "nin_xnornet.cifar10_short.safetensors"
     safetensors_torch.save_file({k: v.contiguous() for k, v in weights.items()}, path)
     entry = registry._models["nin_xnornet"]
-    tagged = copy.deepcopy(entry.cfg) | {
+    tagged = copy.deepcopy(entry.cfgs[""]) | {
         "tag": "cifar10_short",
         "file": str(path),  # absolute here; bundled files are relative to the package
         "training": dict(recipe="nin_xnornet_cifar10_short", epochs=12, data="CIFAR-10 train", top1=80.0),
     }
-    cfgs = registry._order_tags({"": entry.cfg, "cifar10_short": tagged})
+    cfgs = registry._order_tags({"": entry.cfgs[""], "cifar10_short": tagged})  # in place of the shipped tag
     monkeypatch.setitem(registry._models, "nin_xnornet", dataclasses.replace(entry, cfgs=cfgs))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # timm warns that it overwrites its entry
@@ -285,7 +285,7 @@ def _equal_state(model, weights):
 
 
 def test_pretrained_tags_load_the_bundled_file(bundled_tag):
-    assert compactnets.list_models("nin*", pretrained=True) == ["nin_xnornet.cifar10_short"]
+    assert compactnets.list_models("nin_xnornet*", pretrained=True) == ["nin_xnornet.cifar10_short"]
     assert compactnets.list_models("nin_x*") == ["nin_xnornet"]
     tagged = compactnets.create_model("nin_xnornet.cifar10_short", pretrained=True)
     assert _equal_state(tagged, bundled_tag)
@@ -306,8 +306,8 @@ def test_pretrained_tags_load_the_bundled_file(bundled_tag):
 
 
 def test_pretrained_true_without_weights_keeps_its_error(bundled_tag):
-    with pytest.raises(ValueError, match="bundles no weights for 'nin'.*convert --family xnor-net"):
-        timm.create_model("nin", pretrained=True)
+    with pytest.raises(ValueError, match="bundles no weights for 'nin_gc'.*convert --family xnor-net"):
+        timm.create_model("nin_gc", pretrained=True)
 
 
 def test_pth_weights_load_without_pickle(tmp_path):
