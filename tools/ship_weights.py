@@ -5,7 +5,7 @@ run's provenance in the safetensors metadata (recipe, epochs, best epoch, data, 
 The accuracy that goes into the model's default config is then measured with ``compactnets eval``, not copied
 from the training log (the log's figures come from bf16 autocast; eval runs fp32).
 
-    python tools/ship_weights.py /work/runs/nin_xnornet-short --tag cifar10jpeg_3ep
+    python tools/ship_weights.py runs/nin_xnornet-short --tag cifar10jpeg_3ep
 """
 
 import argparse
