@@ -100,7 +100,7 @@ _PTFLOPS_HOOKS: dict[type, Callable] = {
 
 
 @contextlib.contextmanager
-def _forward_hooks(model: nn.Module, wanted: Callable[[nn.Module], bool], hook: Callable) -> Iterator[None]:
+def forward_hooks(model: nn.Module, wanted: Callable[[nn.Module], bool], hook: Callable) -> Iterator[None]:
     """``hook(module, inputs, output)`` on every module ``wanted`` selects, removed on exit."""
     handles = [m.register_forward_hook(hook) for m in model.modules() if wanted(m)]
     try:
@@ -118,7 +118,7 @@ def ptflops_macs(model: nn.Module, x: torch.Tensor) -> int:
         nonlocal total
         total += _PTFLOPS_HOOKS[type(module)](module, inp, out)
 
-    with _forward_hooks(model, lambda m: type(m) in _PTFLOPS_HOOKS, hook), torch.no_grad():
+    with forward_hooks(model, lambda m: type(m) in _PTFLOPS_HOOKS, hook), torch.no_grad():
         model(x)
     return total
 
@@ -132,7 +132,7 @@ def micronet_madds(model: nn.Module, x: torch.Tensor) -> int:
         nonlocal fusion
         fusion += module.fusion_madds(out)
 
-    with _forward_hooks(model, lambda m: isinstance(m, DynamicShiftMax), hook):
+    with forward_hooks(model, lambda m: isinstance(m, DynamicShiftMax), hook):
         macs = flop_counter_macs(model, x)[0]
     return macs + fusion
 

@@ -34,6 +34,7 @@ from torch import nn
 from ..checkpoint import PREPROCESSING_KEYS, CheckpointError
 from ..layers import BinaryActivation, BinaryConv2d, ChannelShuffle
 from ..layers.fold import compose, fold_bn, shuffle_perm
+from ..profiler import forward_hooks
 from . import binary_kernel as bk
 
 FORMAT = "compactnets.packed"
@@ -55,17 +56,14 @@ class PackedError(CheckpointError):
 def _trace(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module]]:
     """The leaf modules one forward pass runs, in order; each must take exactly the previous one's output."""
     records = []
-    leaves = [(name, m) for name, m in model.named_modules() if next(m.children(), None) is None]
-    hooks = [
-        m.register_forward_hook(lambda mod, args, out, name=name: records.append((name, mod, args, out)))
-        for name, m in leaves
-    ]
-    try:
+    names = {m: name for name, m in model.named_modules()}
+
+    def is_leaf(m):
+        return next(m.children(), None) is None
+
+    with forward_hooks(model, is_leaf, lambda mod, args, out: records.append((names[mod], mod, args, out))):
         with torch.no_grad():
             output = model(example)
-    finally:
-        for h in hooks:
-            h.remove()
     previous, before = example, "the input"
     for name, mod, args, out in records:
         if len(args) != 1 or args[0] is not previous:
