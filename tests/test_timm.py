@@ -1,4 +1,4 @@
-"""timm registration, in both import orders (fresh interpreters)."""
+"""timm registration in both import orders, and after a find_spec probe of timm (fresh interpreters)."""
 
 import subprocess
 import sys
@@ -18,7 +18,15 @@ print('ok')
 """
 
 
-@pytest.mark.parametrize("first", ["import compactnets, timm", "import timm, compactnets"])
+@pytest.mark.parametrize(
+    "first",
+    [
+        "import compactnets, timm",
+        "import timm, compactnets",
+        # how libraries test that timm is installed: a spec found but not executed leaves the hook in place
+        "import compactnets, importlib.util; assert importlib.util.find_spec('timm'); import timm",
+    ],
+)
 def test_models_are_registered_in_timm(first):
     result = subprocess.run([sys.executable, "-c", first + "\n" + CHECK], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -2,11 +2,14 @@
 
 The same assertions as timm's ``test_model_forward``, ``test_model_backward``, ``test_model_default_cfgs``,
 ``test_model_forward_features``, ``test_model_forward_intermediates(_features)``,
-``test_model_forward_torchscript``, ``test_model_forward_fx``, ``test_model_backward_fx`` and
-``test_model_forward_fx_torchscript``, plus ``torch.export`` with a dynamic batch and pretrained loading from a
-local file, through ``timm.create_model`` and ``compactnets.create_model``. Stricter than timm where it is
-cheap: scripted, traced and exported models must give the eager logits, ``forward_intermediates`` the
-``forward_features`` map, and ``reset_classifier(0)`` the ``forward_head(pre_logits=True)`` values.
+``test_model_forward_torchscript``, ``test_model_forward_fx``, ``test_model_backward_fx``,
+``test_model_forward_fx_torchscript`` and ``test_model_forward_torchscript_with_features_fx`` (``features_only``
+through each of timm's ``feature_cls``), plus ``torch.export`` with a dynamic batch and pretrained loading from a
+local file (``pretrained_cfg_overlay``, ``checkpoint_path``), through ``timm.create_model`` and
+``compactnets.create_model``. Stricter than timm where it is cheap: scripted, traced and exported models must
+give the eager logits, feature extractors and ``forward_intermediates`` the maps hooks see,
+``forward_intermediates`` the ``forward_features`` map, and ``reset_classifier(0)`` the
+``forward_head(pre_logits=True)`` values.
 
 Inputs are small (32x32, 64x64 for ImageNet models where a map is checked); ``pool_size`` is checked at the
 default input size as timm does.
@@ -164,7 +167,7 @@ def test_features_and_intermediates(name):
 
     for features in (
         _create(name, features_only=True),
-        _create(name, features_only=True, out_indices=(0, 2)),
+        _create(name, features_only=True, out_indices=(0, 2), feature_cfg=dict(feature_cls="getter")),
         compactnets.create_model(name, features_only=True, out_indices=(-1,)),
     ):
         features.model.load_state_dict(model.state_dict(), strict=False)  # pruned: fewer keys
@@ -174,6 +177,55 @@ def test_features_and_intermediates(name):
         _check_feature_maps(outputs, features.feature_info.channels(), features.feature_info.reduction(), size[1:], 1)
         taken = features.feature_info.out_indices
         assert all(torch.equal(o, intermediates[i]) for o, i in zip(outputs, taken, strict=True))
+
+
+# FeatureDictNet/FeatureListNet rebuild a model from its children (two levels with flatten_sequential): only
+# these families' forward_features is that chain.
+CHAIN_OF_CHILDREN = ("densenet", "micronet", "nin")
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_features_only_with_every_feature_cls(name, tmp_path):
+    """timm's feature_cfg and feature_cls pass through (as timm's test_model_forward_torchscript_with_features_fx
+    uses them): 'fx' (eager and scripted) and 'hook' give forward_intermediates' maps, every level by default,
+    with weights from pretrained_cfg_overlay; 'dict' and 'list' give them too or fail, never other maps."""
+    source = _randomize_bn(_create(name)).eval()
+    path = tmp_path / f"{name}.safetensors"
+    safetensors_torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    size = _size(source)
+    x = torch.randn(1, *size)
+    with torch.no_grad():
+        expected = source.forward_intermediates(x, intermediates_only=True)
+
+    def features(**kwargs):
+        weights = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        return _create(name, features_only=True, **weights, **kwargs).eval()
+
+    extractors = {cls: features(feature_cfg=dict(feature_cls=cls)) for cls in ("fx", "hook")}
+    for cls, extractor in extractors.items():
+        with torch.no_grad():
+            outputs = extractor(x)
+        info = extractor.feature_info
+        assert info.out_indices == tuple(range(len(expected)))
+        _check_feature_maps(outputs, info.channels(), info.reduction(), size[1:], 1)
+        assert all(torch.equal(o, e) for o, e in zip(outputs, expected, strict=True)), cls
+        # the model's cfg less its head, as timm's feature extractors
+        assert extractor.pretrained_cfg == {
+            k: v for k, v in source.pretrained_cfg.items() if k not in ("num_classes", "classifier", "global_pool")
+        }
+    with torch.inference_mode():
+        scripted = torch.jit.script(extractors["fx"])(x)
+    assert all(torch.allclose(o, e, rtol=1e-5, atol=1e-6) for o, e in zip(scripted, expected, strict=True))
+
+    # feature_cls as a keyword of its own joins feature_cfg, as in timm
+    for kwargs in (dict(feature_cfg=dict(feature_cls="dict", flatten_sequential=True)), dict(feature_cls="list")):
+        if not ("feature_cfg" in kwargs and name.startswith(CHAIN_OF_CHILDREN)):
+            with pytest.raises((AssertionError, RuntimeError)):  # timm finds no such child, or the chain breaks
+                features(**kwargs)(x)
+            continue
+        with torch.no_grad():
+            outputs = list(features(**kwargs)(x).values())
+        assert all(torch.equal(o, e) for o, e in zip(outputs, expected, strict=True))
 
 
 @pytest.mark.slow
@@ -231,7 +283,7 @@ def test_pretrained_from_a_local_file(name, tmp_path):
     assert all(torch.equal(v, state[k]) for k, v in same.state_dict().items())
     torch_file = tmp_path / f"{name}.pth"
     save_atomic({"state_dict": state}, torch_file)
-    assert torch.equal(_create(name, checkpoint_path=str(torch_file)).state_dict()[first_conv], state[first_conv])
+    assert _equal_state(_create(name, checkpoint_path=str(torch_file)), state)  # timm's load_checkpoint, strict
 
     headless = _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=0).eval()
     source.eval().reset_classifier(0)
