@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from compactnets.deploy import binary_kernel
 from compactnets.deploy.packed import export_packed, load_packed, read_packed
+from compactnets.deploy.packed_plan import PRECISIONS
 from compactnets.engine.evaluate import build_eval_loader, load_model
 from compactnets.layers import BinaryActivation, BinaryConv2d
 
@@ -38,10 +38,10 @@ def sizes(model, packed: Path, tmp: Path) -> dict:
     _, tensors = read_packed(packed)
     binary_float = 4 * sum(m.weight.numel() for m in model.modules() if isinstance(m, BinaryConv2d))
     binary_bits = sum(t.numel() for k, t in tensors.items() if k.endswith("weight_bits"))
-    binary_terms = sum(  # per-channel thresholds, signs, orders, alpha/bias of binary convs
+    binary_terms = sum(  # per-channel thresholds, signs, alpha/bias of binary convs (shuffles: groups in the header)
         t.numel() * t.element_size()
         for k, t in tensors.items()
-        if k.split(".", 1)[1] in ("threshold", "threshold_sign", "out_order", "alpha", "bias")
+        if k.split(".", 1)[1] in ("threshold", "threshold_sign_bits", "alpha", "bias")
         and any(k.startswith(f"{i}.") for i in _binary_nodes(packed))
     )
     return {
@@ -133,6 +133,8 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, help="a fixed random subset of this many images")
     parser.add_argument("--threads", type=int, help="torch and kernel threads (default: torch's)")
     parser.add_argument("--packed-out", help="also keep the packed file here")
+    parser.add_argument("--precision", choices=PRECISIONS, default="exact",
+                        help="the runner's float layers (fast: bf16 where faster on this CPU)")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
@@ -142,18 +144,19 @@ def main(argv=None):
         tmp = Path(tmp)
         packed = Path(args.packed_out) if args.packed_out else tmp / "model.packed.safetensors"
         export_packed(model, packed, class_names=ckpt.get("class_names"))
-        runner = load_packed(packed, threads=args.threads)
+        runner = load_packed(packed, threads=args.threads, precision=args.precision)
         row = {
             "model": model.pretrained_cfg["architecture"],
             "checkpoint": args.checkpoint,
             "epoch": ckpt.get("epoch"),
             "machine": environment(),
-            "kernel_path": binary_kernel.kernel_path(),
+            "precision": args.precision,
             "checkpoint_bytes": Path(args.checkpoint).stat().st_size,
             **sizes(model, packed, tmp),
         }
         loader = build_eval_loader(model.pretrained_cfg, args.data, None, args.split, args.batch_size, None, args.limit)
         row |= compare(model, runner, loader)
+        row["plan"] = [f"{r['layer']}: {r['path']}" for plan in runner._plans.values() for r in plan.report]
     if args.json:
         print(json.dumps(row, indent=2))
         return
@@ -164,7 +167,8 @@ def report(row: dict) -> list[str]:
     r = row
     bits, terms, bw = r["binary_weights_packed_bytes"], r["binary_per_channel_bytes"], r["binary_weights_float_bytes"]
     lines = [
-        f"{r['model']} ({r['checkpoint']}, epoch {r['epoch']}); {r['machine']}; kernel {r['kernel_path']}",
+        f"{r['model']} ({r['checkpoint']}, epoch {r['epoch']}); {r['machine']}; precision {r['precision']}",
+        f"  plan(s): {'; '.join(dict.fromkeys(r['plan']))}",
         f"  checkpoint {r['checkpoint_bytes']:,} B, float safetensors {r['float_safetensors_bytes']:,} B, "
         f"packed {r['packed_bytes']:,} B ({r['float_safetensors_bytes'] / r['packed_bytes']:.1f}x smaller)",
         f"  binary layers: {bw:,} B float -> {bits:,} B bits ({bw / bits:.1f}x), {terms:,} B per-channel terms "

@@ -1,181 +1,167 @@
-"""Packed XNOR-Net speed on this CPU: each binary layer against torch's float conv, and whole networks at batch 1
-and 64 against the fastest float execution (binarized weights precomputed), the float simulation as ``compactnets
-eval`` runs it, and the full-precision NIN.
+"""Packed XNOR-Net against what a user would run instead, on this CPU: the same network exported to ONNX in
+onnxruntime and OpenVINO (its default precision and float32), and its full-precision twin in OpenVINO; at batch 1
+and 64, with 1 thread and with all threads. Per binary layer, every kernel path against the others, torch's float
+conv and torch's int8 quantized conv (oneDNN) of the same +-1 data, and the path the runner's plan took.
 
-    PYTHONPATH=src python benchmarks/binary_inference.py --threads 1
+    PYTHONPATH=src python benchmarks/binary_inference.py --model nin_xnornet
+    PYTHONPATH=src python benchmarks/binary_inference.py --model nin_gc_xnornet
 
-Every timing interleaves the things compared, round by round (whole networks: 8 / batch calls back to back per
-round, so each runs with its weights in cache), and reports the median process CPU time (with one thread: the
-latency an idle core gives; wall time beside it); the ratios are the figures. Weights are generated
-(speed does not depend on their values) unless ``--checkpoint`` is given. Pausing background jobs meanwhile gives
-steadier numbers.
+Whole networks: every execution of a configuration (batch, threads) interleaved round by round (batch 1: 8 calls
+back to back per round), median per call: process CPU time with 1 thread (the latency of an idle core; steadier
+on a shared machine), wall time with more threads (CPU time would add the threads up). The goal ratios are
+printed under each table: packed / OpenVINO's fastest on the same network (goal <= 0.5) and packed / OpenVINO's
+fastest on the full-precision twin (goal <= 1.0). Layers: min wall time over interleaved rounds (as the runner's
+plan times them). Weights are random (speed does not depend on their values) unless ``--checkpoint`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
+import os
 import statistics
 import sys
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from compactnets import create_model
 from compactnets.deploy import binary_kernel as bk
+from compactnets.deploy import packed_plan
+from compactnets.deploy.onnx import export_onnx
 from compactnets.deploy.packed import export_packed, load_packed
 from compactnets.engine.evaluate import load_model
-from compactnets.layers import BinaryConv2d
-from compactnets.layers.fold import fold_bn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, randomize_bn, time_interleaved  # noqa: E402
 
-
-def precomputed_float(model: nn.Module) -> nn.Module:
-    """The same network with each binary conv replaced by a float conv holding sign(W) * alpha (no binarization
-    per call) and each conv -> BN pair folded: the fastest float form of the XNOR model."""
-    model = copy.deepcopy(model).eval()
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, BinaryConv2d):
-                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                 child.padding, child.dilation, child.groups, bias=child.bias is not None)  # fmt: skip
-                with torch.no_grad():
-                    conv.weight.copy_(child.binary_weight())
-                    if child.bias is not None:
-                        conv.bias.copy_(child.bias)
-                setattr(module, name, conv)
-        conv, norm = getattr(module, "conv", None), getattr(module, "norm", None)
-        if type(conv) is nn.Conv2d and isinstance(norm, nn.BatchNorm2d) and _norm_follows_conv(module):
-            weight, bias = fold_bn(conv.weight, conv.bias, norm)
-            folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                               conv.dilation, conv.groups, bias=True)  # fmt: skip
-            with torch.no_grad():
-                folded.weight.copy_(weight)
-                folded.bias.copy_(bias)
-            module.conv, module.norm = folded, nn.Identity()
-    return model
+TWINS = {"nin_xnornet": "nin_k3", "nin_gc_xnornet": "nin_gc_k3"}
+FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+         "amx_bf16")  # fmt: skip
 
 
-def _norm_follows_conv(block: nn.Module) -> bool:
-    names = [n for n, _ in block.named_children()]
-    return names.index("norm") > names.index("conv")  # binary blocks normalise their input: norm comes first
+def cpu_flags() -> str:
+    with contextlib.suppress(OSError, StopIteration):
+        line = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
+        have = set(line.split(":", 1)[1].split())
+        return " ".join(f for f in FLAGS if f in have) or "none of " + " ".join(FLAGS)
+    return "unknown"
 
 
-def onnx_session(model: nn.Module, batch: int, tmp: Path, threads: int):
-    """An onnxruntime session of ``model`` (or the reason there is none)."""
-    try:
-        import onnxruntime as ort
-
-        path = tmp / f"float_b{batch}.onnx"
-        torch.onnx.export(model, (torch.randn(batch, 3, 32, 32),), str(path), input_names=["x"], dynamo=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return session
-    except Exception as e:  # noqa: BLE001 (a missing baseline is reported, not fatal)
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+# ---------------------------------------------------------------------------------------------------- layers
 
 
-def median_ms(times: list[float]) -> float:
-    return 1e3 * statistics.median(times)
+def quantized_conv(node: dict, weights: bk.KernelWeights, size: tuple):
+    """torch's int8 quantized conv (engine onednn: AMX where the CPU has it) of the layer on +-1 quint8 input
+    (scale 1, zero point 1: its zero padding is the float model's 0); None where the engine is missing."""
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        return None
+    torch.backends.quantized.engine = "onednn"
+    n, h, w = size
+    x = torch.randint(0, 2, (n, node["in_channels"], h, w)).float() * 2 - 1
+    qx = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last), 1.0, 1, torch.quint8)
+    signs = 1.0 - 2.0 * torch.from_numpy(weights.negative).float().permute(0, 3, 1, 2)
+    conv = torch.ao.nn.quantized.Conv2d(node["in_channels"], node["out_channels"], node["kernel_size"],
+                                        node["stride"], node["padding"], node["dilation"], node["groups"])  # fmt: skip
+    conv.set_weight_bias(torch.quantize_per_tensor(signs, 1.0, 0, torch.qint8), None)
+    conv.scale, conv.zero_point = 16.0, 128  # the output is requantized; only its time matters here
+    return lambda: conv(qx)
 
 
-def layer_table(model: nn.Module, runs: int, threads: int) -> list[str]:
-    """Each binary conv of the model at its own input size (batch 1): kernel (bits in, bits out: what the packed
-    runner runs) vs torch's float conv of the same +-1 input and sign * alpha weight."""
-    shapes = []
-    hooks = [m.register_forward_hook(lambda m, a, o: shapes.append((m, a[0].shape))) for m in model.modules()
-             if isinstance(m, BinaryConv2d)]  # fmt: skip
-    with torch.no_grad():
-        model(torch.randn(1, 3, 32, 32))
-    for h in hooks:
-        h.remove()
+def layer_table(runner, batch: int, threads: int) -> list[str]:
+    plan = runner.plan((batch, 3, 32, 32), threads)
     paths = bk.supported_paths()
-    lines = [
-        "| layer | torch NCHW | torch channels-last | "
-        + " | ".join(f"kernel {p}" for p in paths)
-        + " | best speed-up |",
-        "|---" * (4 + len(paths)) + "|",
-    ]
-    g = torch.Generator().manual_seed(0)
-    for conv, shape in shapes:
-        x = torch.randint(0, 2, tuple(shape), generator=g).float() * 2 - 1
-        w_hat = conv.binary_weight().detach()
-        xc, wc = x.contiguous(memory_format=torch.channels_last), w_hat.contiguous(memory_format=torch.channels_last)
-        bias = conv.bias.detach()
-        weights = bk.prepare_weights((w_hat < 0).permute(0, 2, 3, 1).numpy(), conv.groups)
-        bits = bk.pack_signs(x.permute(0, 2, 3, 1), conv.groups)
-        k = weights.in_channels_per_group * conv.kernel_size[0] * conv.kernel_size[1]
-        threshold = torch.randint(-k, k, (conv.out_channels,), generator=g).int()
-        sign = torch.ones(conv.out_channels, dtype=torch.int8)
-        geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation)
-        fns = {
-            "nchw": lambda x=x, w=w_hat, b=bias, c=conv: F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups),
-            "cl": lambda x=xc, w=wc, b=bias, c=conv: F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups),
-        }
-        for p in paths:
-            fns[p] = lambda p=p, bits=bits, wt=weights, t=threshold, s=sign, geometry=geometry: bk.binary_conv(
-                bits, wt, *geometry, threshold=t, threshold_sign=s, threads=threads, path=p
-            )
-        times = {name: median_ms(t[1]) for name, t in time_interleaved(fns, warmup=5, runs=runs).items()}
-        best_float = min(times["nchw"], times["cl"])
-        name = f"{conv.in_channels}->{conv.out_channels} {conv.kernel_size[0]}x{conv.kernel_size[1]} @{shape[-1]}²"
-        cells = " | ".join(f"{times[p]:.3f}" for p in paths)
-        lines.append(f"| {name} | {times['nchw']:.3f} | {times['cl']:.3f} | {cells} | "
-                     f"**{best_float / times[paths[-1]]:.1f}×** ({paths[-1]}) |")  # fmt: skip
+    head = ["layer", *paths, "torch float (channels-last)", "torch int8 (onednn)", "plan took", "popcount / AMX"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for row in plan.report:
+        i = row["node"]
+        node = runner.nodes[i]
+        if node["op"] != "binary_conv2d":  # the first conv and its packing: float32 (torch) or bf16 paths
+            times = ", ".join(f"{k} {v:.3f}" for k, v in row["times_ms"].items())
+            lines.append(f"| {row['layer']}: {times} |" + " |" * (len(head) - 3) + f" {_took(row, threads)} | |")
+            continue
+        step = runner._steps[i][1]
+        n, h, w = batch, *(int(s) for s in row["layer"].split("@")[1].split("x"))
+        calls = packed_plan.conv_candidates(runner, i, (n, h, w), threads)
+        x = torch.randint(0, 2, (n, node["in_channels"], h, w)).float().contiguous(memory_format=torch.channels_last)
+        signs = (1.0 - 2.0 * torch.from_numpy(step.weights.negative).float()).permute(0, 3, 1, 2)
+        weight = signs.contiguous(memory_format=torch.channels_last)
+        geometry = (node["stride"], node["padding"], node["dilation"], node["groups"])
+        calls["float"] = lambda x=x, weight=weight, g=geometry: F.conv2d(x, weight, None, *g)
+        quantized = quantized_conv(node, step.weights, (n, h, w))
+        if quantized is not None:
+            calls["int8"] = quantized
+        with torch.no_grad():
+            _, ms = packed_plan.fastest(calls, budget_s=0.2)
+        popcount = min(ms[p] for p in paths if bk.input_format(p) == "bits")
+        ratio = f"{popcount / ms['amx']:.2f}" if "amx" in ms else ""
+        cells = " | ".join(f"{ms[p]:.3f}" for p in paths)
+        lines.append(f"| {row['layer']} | {cells} | {ms['float']:.3f} | {ms.get('int8', float('nan')):.3f} | "
+                     f"{_took(row, threads)} | {ratio} |")  # fmt: skip
     return lines
 
 
-def network_table(model, runner, batch: int, runs: int, threads: int, tmp: Path) -> list[str]:
-    fast = precomputed_float(model)
-    fast_cl = copy.deepcopy(fast).to(memory_format=torch.channels_last)
-    fp = {name: randomized(create_model(name)) for name in ("nin_k3", "nin")}
-    fp_cl = {name: copy.deepcopy(m).to(memory_format=torch.channels_last) for name, m in fp.items()}
+def _took(row: dict, threads: int) -> str:
+    return row["path"] + (f" ({row['threads']} thread)" if row["threads"] != threads else "")
+
+
+# ---------------------------------------------------------------------------------------------------- networks
+
+
+def openvino_request(path: Path, batch: int, threads: int, precision: str | None):
+    import openvino as ov
+    from openvino.frontend import FrontEndManager
+
+    frontend = FrontEndManager().load_by_framework("onnx")
+    model = frontend.convert(frontend.load(str(path)))
+    model.reshape([batch, 3, 32, 32])  # static shapes: OpenVINO's fastest form
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    return compiled.create_infer_request(), str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+
+def onnxruntime_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def network_table(name, runners, onnx: dict, batch: int, threads: int, rounds: int) -> list[str]:
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    xc = x.contiguous(memory_format=torch.channels_last)
-    fns = {
-        "packed": lambda: runner(x),
-        "float, weights precomputed, NCHW": lambda: fast(x),
-        "float, weights precomputed, channels-last": lambda: fast_cl(xc),
-        "float simulation as eval runs it (NCHW)": lambda: model(x),
-    }
-    session = onnx_session(fast, batch, tmp, threads)
-    if not isinstance(session, str):
-        feed = {"x": x.numpy()}
-        fns["float, weights precomputed, onnxruntime"] = lambda: session.run(None, feed)
-    for name in fp:
-        fns[f"full-precision {name}, NCHW"] = lambda m=fp[name]: m(x)
-        fns[f"full-precision {name}, channels-last"] = lambda m=fp_cl[name]: m(xc)
-    # Back to back within a round, so that each runs with its own weights in cache as a serving process would.
+    xn = x.numpy()
+    twin = TWINS[name]
+    fns = {f"packed {name} ({precision})": (lambda r=r: r(x)) for precision, r in runners.items()}
+    session = onnxruntime_session(onnx[name], threads)
+    fns[f"{name} onnxruntime"] = lambda: session.run(None, {"input": xn})
+    for model in (name, twin):
+        for precision in (None, "f32"):
+            request, chosen = openvino_request(onnx[model], batch, threads, precision)
+            fns[f"{model} OpenVINO {'default' if precision is None else 'f32'} ({chosen})"] = lambda r=request: r.infer(
+                {0: xn}, share_inputs=True
+            )
     repeat = max(1, 8 // batch)
     with torch.no_grad():
-        times = time_interleaved({k: _repeated(f, repeat) for k, f in fns.items()}, warmup=3, runs=runs)
-    cpu = {name: median_ms(t[1]) / repeat for name, t in times.items()}
-    wall = {name: median_ms(t[0]) / repeat for name, t in times.items()}
-    fastest_float = min(v for k, v in cpu.items() if k.startswith("float, weights precomputed"))
-    lines = [
-        f"batch {batch} ({repeat} calls back to back per round): median CPU ms per batch (wall ms), images/s from CPU "
-        "ms; how much faster packed is",
-        "| execution | CPU ms | (wall ms) | images/s | packed is |",
-        "|---|---|---|---|---|",
-    ]
-    for name, ms in cpu.items():
-        ratio = "" if name == "packed" else f"{ms / cpu['packed']:.2f}× faster"
-        lines.append(f"| {name} | {ms:.3f} | ({wall[name]:.3f}) | {1e3 * batch / ms:,.0f} | {ratio} |")
-    lines.append(f"packed vs the fastest float execution of the same network: **{fastest_float / cpu['packed']:.2f}×**")
-    fastest = min((k for k in cpu if k.startswith("float, weights precomputed")), key=cpu.get)
-    with torch.no_grad():  # the two alone, so that the others' weights do not evict theirs from the caches
-        pair = time_interleaved({k: _repeated(fns[k], repeat) for k in ("packed", fastest)}, warmup=3, runs=runs)
-    head = {name: median_ms(t[1]) / repeat for name, t in pair.items()}
-    lines.append(f"head to head with {fastest} alone: {head['packed']:.3f} vs {head[fastest]:.3f} CPU ms, "
-                 f"**{head[fastest] / head['packed']:.2f}×**")  # fmt: skip
-    if isinstance(session, str):
-        lines.append(f"(no onnxruntime baseline: {session})")
+        times = time_interleaved({k: _repeated(f, repeat) for k, f in fns.items()}, warmup=3, runs=rounds)
+    kind = 1 if threads == 1 else 0  # CPU time with one thread, wall time with more
+    ms = {k: 1e3 * statistics.median(t[kind]) / repeat for k, t in times.items()}
+    label = "CPU" if threads == 1 else "wall"
+    lines = [f"batch {batch}, {threads} thread(s): median {label} ms per batch ({repeat} calls back to back per round, "
+             f"{rounds} rounds)", "| execution | ms | images/s |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {k} | {v:.3f} | {1e3 * batch / v:,.0f} |" for k, v in ms.items()]
+    same = min(v for k, v in ms.items() if k.startswith(f"{name} OpenVINO"))
+    fp = min(v for k, v in ms.items() if k.startswith(f"{twin} OpenVINO"))
+    for precision in runners:
+        packed = ms[f"packed {name} ({precision})"]
+        lines.append(f"packed ({precision}) / OpenVINO's fastest {name}: **{packed / same:.2f}** (goal <= 0.5); "
+                     f"/ OpenVINO's fastest {twin}: **{packed / fp:.2f}** (goal <= 1.0)")  # fmt: skip
     return lines
 
 
@@ -187,34 +173,49 @@ def _repeated(fn, times: int):
     return run
 
 
-def randomized(model: nn.Module) -> nn.Module:
-    randomize_bn(model)
-    return model.eval()
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="nin_xnornet checkpoint (default: generated weights)")
-    parser.add_argument("--threads", type=int, help="torch and kernel threads (default: torch's)")
+    parser.add_argument("--model", default="nin_xnornet", choices=sorted(TWINS))
+    parser.add_argument("--checkpoint", help="a checkpoint of --model (default: random weights)")
+    parser.add_argument("--threads", type=int, nargs="+", help="thread counts (default: 1 and all)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=30, help="rounds at batch 1 (fewer at larger batches)")
     parser.add_argument("--skip-layers", action="store_true")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
-    model = load_model(args.checkpoint)[0] if args.checkpoint else randomized(create_model("nin_xnornet"))
-    print(f"{environment()}; binary kernel path: {bk.kernel_path()} (of {', '.join(bk.supported_paths())})")
-    if not args.skip_layers:
-        print("\nper binary layer, batch 1: median ms")
-        print("\n".join(layer_table(model, args.runs * 3, threads)))
+    thread_counts = args.threads or sorted({1, os.cpu_count() or 1})
+    name = args.model
+    model = load_model(args.checkpoint)[0] if args.checkpoint else _randomized(name)
+    print(f"{environment()}\nCPU flags: {cpu_flags()}; binary paths: {', '.join(bk.supported_paths())}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        export_packed(model, tmp / "m.packed.safetensors")
-        runner = load_packed(tmp / "m.packed.safetensors", threads=threads)
-        for batch in args.batch_sizes:
-            print()
-            print("\n".join(network_table(model, runner, batch, max(5, args.runs // (1 + batch // 16)), threads, tmp)))
+        onnx = {}
+        for m in (name, TWINS[name]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's notes on tracing
+                export_onnx(model if m == name else _randomized(m), tmp / f"{m}.onnx", check=False)
+            onnx[m] = tmp / f"{m}.onnx"
+        export_packed(model, tmp / "m.packed.safetensors", check=False)
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            runners = {p: load_packed(tmp / "m.packed.safetensors", precision=p) for p in packed_plan.PRECISIONS}
+            for batch in args.batch_sizes:
+                start = time.perf_counter()
+                for runner in runners.values():
+                    runner.plan((batch, 3, 32, 32), threads)
+                planned = time.perf_counter() - start
+                if not args.skip_layers:
+                    print(f"\n{name}, batch {batch}, {threads} thread(s), per layer: min wall ms "
+                          f"(plans built in {planned:.2f} s)")  # fmt: skip
+                    print("\n".join(layer_table(runners["fast"], batch, threads)))
+                rounds = max(5, args.rounds // (1 + batch // 8))
+                print()
+                print("\n".join(network_table(name, runners, onnx, batch, threads, rounds)))
+
+
+def _randomized(name: str):
+    model = create_model(name)
+    randomize_bn(model)
+    return model.eval()
 
 
 if __name__ == "__main__":

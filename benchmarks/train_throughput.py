@@ -25,7 +25,8 @@ from compactnets.data import detect_kind
 from compactnets.engine.distributed import DistInfo
 from compactnets.engine.loaders import build_training_data
 from compactnets.engine.precision import resolve_amp
-from compactnets.engine.train import _Progress, add_train_args, train_one_epoch
+from compactnets.engine.progress import Progress
+from compactnets.engine.train import add_train_args, train_one_epoch
 from compactnets.registry import create_model, get_model_cfg
 
 DEFAULT_MODELS = ("resnet32_s8u1_cifar10", "nin_xnornet")
@@ -70,7 +71,7 @@ def make_run(model_name: str, path: str, argv: list[str], iters: int, device: to
     def run() -> int:
         stats = train_one_epoch(
             model, optimizer, scheduler, Chunk(batches, iters), device, args, None, autocast,
-            _Progress(False, ""),
+            Progress(False, ""),
         )  # fmt: skip
         assert stats["loss"] == stats["loss"], "the loss is NaN"
         return iters * args.batch_size

@@ -3,7 +3,9 @@ runner, and ``compactnets export`` / ``eval --onnx`` / ``predict --onnx``."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections import Counter
 
 import numpy as np
@@ -124,3 +126,67 @@ def test_cli_errors_are_one_line(run_cli, tmp_path, checkpoint):
     with pytest.raises(SystemExit) as exit_info:  # argparse: exactly one of --checkpoint / --onnx
         run_cli("eval", "--checkpoint", checkpoint, "--onnx", not_onnx)
     assert exit_info.value.code == 2
+
+
+def _openvino_default_precision() -> str:
+    import openvino
+
+    return openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_eval_and_predict_onnx_on_openvino_agree_with_onnxruntime(run_cli, tmp_path, image_folder):
+    """The shipped 3-epoch nin (77 % top-1) on 200 images of the embedded CIFAR-10 subset: OpenVINO in f32 gives
+    onnxruntime's figures; in its default precision (bf16 on a CPU with AMX) at most 2 top-1 classes differ."""
+    out = tmp_path / "nin.onnx"
+    status, _, err = run_cli("export", "nin.cifar10jpeg_3ep", "--pretrained", "--out", out)
+    assert status == 0, err
+    default = _openvino_default_precision()
+    rows = {}
+    for runtime in ("onnxruntime", "openvino", "openvino_f32"):
+        status, stdout, err = run_cli("eval", "--onnx", out, "--runtime", runtime, "--limit", "200", "--json")
+        assert status == 0, err
+        rows[runtime] = json.loads(stdout)
+    assert [(r["runtime"], r["precision"]) for r in rows.values()] == [
+        ("onnxruntime", "f32"), ("openvino", default), ("openvino_f32", "f32")
+    ]  # fmt: skip
+    reference = rows["onnxruntime"]
+    assert reference["count"] == 200 and reference["top1"] > 50  # a trained model: the agreement means something
+    f32 = rows["openvino_f32"]
+    assert (f32["top1"], f32["top5"]) == (reference["top1"], reference["top5"])
+    assert f32["loss"] == pytest.approx(reference["loss"], abs=1e-4)
+    tolerance = 0.0 if default == "f32" else 100 * 2 / 200
+    assert abs(rows["openvino"]["top1"] - reference["top1"]) <= tolerance
+    assert rows["openvino"]["loss"] == pytest.approx(reference["loss"], abs=1e-2)
+    status, stdout, _ = run_cli("eval", "--onnx", out, "--runtime", "openvino", "--limit", "20", "--no-progress")
+    assert status == 0 and stdout.rstrip().endswith(f"on 20 images (openvino, {default})")
+
+    image = next((image_folder / "val" / "cat").iterdir())
+    probabilities = {}
+    for runtime in ("onnxruntime", "openvino", "openvino_f32"):
+        status, stdout, err = run_cli("predict", "--onnx", out, "--runtime", runtime, image, "--json", "--topk", "10")
+        assert status == 0 and f"in {runtime} (" in err
+        probabilities[runtime] = {t["label"]: t["probability"] for t in json.loads(stdout)[0]["top"]}
+    reference = probabilities["onnxruntime"]
+    assert len(reference) == 10
+    for runtime, atol in (("openvino_f32", 1e-5), ("openvino", 2e-2)):
+        assert probabilities[runtime].keys() == reference.keys()
+        np.testing.assert_allclose([probabilities[runtime][k] for k in reference], list(reference.values()), atol=atol)
+
+
+def test_runtime_errors_are_one_line(run_cli, tmp_path, checkpoint, monkeypatch):
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_bytes(b"not a protobuf")
+    cases = [
+        (("eval", "--checkpoint", checkpoint, "--runtime", "openvino"), "--runtime applies to --onnx files"),
+        (("predict", "--pretrained", "--model", "nin", "x.png", "--runtime", "openvino"), "--runtime applies to"),
+    ]
+    if importlib.util.find_spec("openvino") is not None:
+        cases.append((("eval", "--onnx", not_onnx, "--runtime", "openvino"), "is not a model openvino can run"))
+    for args, message in cases:
+        status, _, err = run_cli(*args)
+        assert status == 2 and message in err and "Traceback" not in err, (args, err)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    export_onnx(compactnets.create_model("micronet_m0_cifar").eval(), tmp_path / "m.onnx", check=False)
+    status, _, err = run_cli("eval", "--onnx", tmp_path / "m.onnx", "--runtime", "openvino", "--limit", "1")
+    assert status == 2 and "the openvino runtime is not installed: pip install 'compactnets[onnx]'" in err

@@ -16,10 +16,18 @@ from compactnets.layers import BinaryActivation
 
 needs_kernel = pytest.mark.skipif(not bk.is_available(), reason="the binary kernel is not built")
 PATHS = bk.supported_paths() if bk.is_available() else []
+BIT_PATHS = [p for p in PATHS if bk.input_format(p) == "bits"]
 
 
 def _signs(*shape, generator):
     return torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
+
+
+def _kernel_input(path, x, groups, padding):
+    """+-1 floats NCHW as the path reads them: packed bits, or bytes inside a zero border of the conv's padding."""
+    if bk.input_format(path) == "int8":
+        return bk.pack_signs(x.permute(0, 2, 3, 1), 1, out_format="int8", out_padding=padding)
+    return bk.pack_signs(x.permute(0, 2, 3, 1), groups)
 
 
 def _with_bn_statistics(model, seed=0):
@@ -47,7 +55,7 @@ def test_sign_bits_round_trip():
 
 
 @needs_kernel
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", BIT_PATHS)
 def test_pack_signs_matches_reference_layout(path):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 4, 200, generator=g)
@@ -79,7 +87,7 @@ def test_kernel_matches_conv2d_on_signs(path, case):
     w = _signs(cout, cin // groups, k, k, generator=g)
     reference = F.conv2d(x, w, stride=stride, padding=pad, dilation=dil, groups=groups)  # zero-padded signs
     weights = bk.prepare_weights((w < 0).permute(0, 2, 3, 1).numpy(), groups)
-    bits = bk.pack_signs(x.permute(0, 2, 3, 1), groups)
+    bits = _kernel_input(path, x, groups, (pad, pad))
     geometry = ((k, k), (stride, stride), (pad, pad), (dil, dil))
 
     alpha, bias = torch.rand(cout, generator=g) + 0.1, torch.randn(cout, generator=g)
@@ -100,17 +108,25 @@ def test_kernel_matches_conv2d_on_signs(path, case):
     )
     np.testing.assert_array_equal(out_bits.numpy().view("<u8"), expected_bits.reshape(out_bits.shape))
 
+    # The same signs as +-1 bytes inside a zero border (the input of an AMX layer), written by every path.
+    out_bytes = bk.binary_conv(bits, weights, *geometry, threshold=threshold, threshold_sign=threshold_sign,
+                               out_order=order, out_format="int8", out_padding=(1, 2), path=path)  # fmt: skip
+    assert torch.equal(out_bytes[:, 1:-1, 2:-2], torch.where(negative, -1, 1).to(torch.int8).permute(0, 2, 3, 1))
+    border = out_bytes.clone()
+    border[:, 1:-1, 2:-2] = 0
+    assert not border.any()  # the zero padding of the next conv
+
 
 @needs_kernel
 def test_every_path_gives_the_same_bits():
     g = torch.Generator().manual_seed(5)
     x, w = _signs(1, 150, 8, 8, generator=g), _signs(64, 150, 3, 3, generator=g)
     weights = bk.prepare_weights((w < 0).permute(0, 2, 3, 1).numpy(), 1)
-    bits = bk.pack_signs(x.permute(0, 2, 3, 1), 1)
     ones, zeros = torch.ones(64), torch.zeros(64)
     if len(PATHS) < 2:
         pytest.skip("this CPU runs only the portable path")
-    outs = [bk.binary_conv(bits, weights, (3, 3), padding=(1, 1), alpha=ones, bias=zeros, path=p) for p in PATHS]
+    outs = [bk.binary_conv(_kernel_input(p, x, 1, (1, 1)), weights, (3, 3), padding=(1, 1), alpha=ones, bias=zeros,
+                           path=p) for p in PATHS]  # fmt: skip
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
@@ -135,7 +151,8 @@ def test_kernel_path_can_be_forced(monkeypatch):
         pytest.skip("the binary kernel is not built")
     for path in PATHS:
         monkeypatch.setenv(bk.ENV_PATH, path)
-        assert bk.kernel_path() == path
+        assert bk.forced_path() == path
+        assert bk.kernel_path() == (path if path in BIT_PATHS else BIT_PATHS[-1])  # what a bits input runs
     monkeypatch.setenv(bk.ENV_PATH, "sse9")
     with pytest.raises(ValueError, match="unknown binary kernel path 'sse9'"):
         bk.kernel_path()
@@ -145,7 +162,7 @@ def test_kernel_path_can_be_forced(monkeypatch):
         assert bk.kernel_path() == "portable"
     finally:
         bk.set_kernel_path(None)
-    assert bk.kernel_path() == PATHS[-1]
+    assert bk.kernel_path() == BIT_PATHS[-1] and bk.forced_path() is None
 
 
 def _sign_inputs(model, x):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from . import __version__
@@ -49,8 +50,10 @@ def _at_least(args, minimum: int, *options: str) -> None:
 
 
 def _train(args, parser, argv):
+    from .engine.interrupt import TrainingInterrupted
     from .engine.recipes import recipe_defaults
-    from .engine.train import default_output, main, resume_checkpoint_path, stored_args
+    from .engine.run_folder import resume_checkpoint_path
+    from .engine.train import default_output, main, stored_args
 
     # Defaults in layers: options < recipe < the resumed run's options < the command line.
     defaults = {}
@@ -76,8 +79,10 @@ def _train(args, parser, argv):
         return
     try:
         main(args)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"resume with `compactnets train --resume {args.output}`") from None
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (TrainingInterrupted)
+        where = f"{e}; " if isinstance(e, TrainingInterrupted) else ""
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise TrainingInterrupted(signum, f"{where}resume with `compactnets train --resume {args.output}`") from None
 
 
 # --- eval and predict -------------------------------------------------------------------------------------
@@ -90,9 +95,11 @@ def _eval(args, parser, argv):
     from .engine.evaluate import build_eval_loader, checkpoint_path, evaluate
     from .engine.progress import Progress
 
-    _at_least(args, 1, "batch-size", "limit", "log-interval")
+    _at_least(args, 1, "batch-size", "limit", "log-interval", "bn-reestimate")
     _at_least(args, 0, "workers")
     fmt, path = _deployed_file(args)
+    if args.bn_reestimate and fmt:
+        raise OptionError(f"--bn-reestimate changes a PyTorch model's statistics; a --{fmt} file has them folded in")
     # a missing GPU is reported before any data is read; the deployed runtimes run on the CPU
     device = resolve_device("cpu" if fmt else args.device)
     model, _ = _load_for_inference(args)
@@ -104,16 +111,28 @@ def _eval(args, parser, argv):
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if args.bn_reestimate:
+        from .engine.batchnorm import reestimate_bn
+
+        train_split = build_eval_loader(
+            model.pretrained_cfg, args.data, args.dataset, "train", args.batch_size, args.workers,
+            args.bn_reestimate, classes=getattr(model, "class_names", None), match=args.match_classes,
+        )  # fmt: skip
+        _note(f"batch-norm statistics re-estimated on {len(train_split.dataset)} training images")
+        reestimate_bn(model, train_split, device, channels_last=channels_last)
     progress = Progress(not args.no_progress, "eval", args.log_interval)
-    result = evaluate(model, loader, device, channels_last=channels_last, progress=progress)
+    result = evaluate(model, loader, device, channels_last=channels_last, progress=progress, tta=args.tta)
     cfg = model.pretrained_cfg
     row = {
         "model": cfg["architecture"],
         "checkpoint": str(checkpoint_path(args.checkpoint)) if args.checkpoint else None,
         **({"pretrained": args.model} if args.pretrained else {}),
         **({fmt: path} if fmt else {}),
+        **({"runtime": model.runtime, "precision": model.precision} if fmt == "onnx" else {}),
         "data": args.data or "embedded",
         "split": args.split,
+        "tta": args.tta,
+        "bn_reestimate": args.bn_reestimate,
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
         "top1_err": round(100 - result["top1"], 4),
         "top5_err": round(100 - result["top5"], 4),
@@ -128,9 +147,11 @@ def _eval(args, parser, argv):
     if args.json:
         print(json.dumps(row, indent=2))
     else:
+        ran = f" ({model.runtime}, {model.precision})" if fmt == "onnx" else ""
         print(
             f" * Acc@1 {result['top1']:.3f} ({row['top1_err']:.3f})  Acc@5 {result['top5']:.3f} "
-            f"({row['top5_err']:.3f})  loss {result['loss']:.4f}  on {result['count']} images"
+            f"({row['top5_err']:.3f})  loss {result['loss']:.4f}  on {result['count']} images{ran}"
+            + (" with flip TTA" if args.tta == "flip" else "")
         )
 
 
@@ -147,14 +168,18 @@ def _load_for_inference(args):
     from .engine.evaluate import load_model
 
     fmt, path = _deployed_file(args)
+    if args.runtime and fmt != "onnx":
+        raise OptionError("--runtime applies to --onnx files")
+    if args.ema and not args.checkpoint:
+        raise OptionError("--ema applies to --checkpoint")
     if args.pretrained:
         return _load_shipped(args)
     if fmt is None:
-        return load_model(args.checkpoint, args.model)
+        return load_model(args.checkpoint, args.model, ema=args.ema)
     if args.model:
         raise DeployError(f"--model applies to --checkpoint; a --{fmt} file names its model")
     args.device = "cpu"  # the runners (onnxruntime, the packed kernel) run on the CPU
-    runner = load_deployed(fmt, path)
+    runner = load_deployed(fmt, path, **({"runtime": args.runtime} if args.runtime else {}))
     return runner, {"class_names": runner.class_names}
 
 
@@ -205,6 +230,8 @@ def _predict(args, parser, argv):
     device = resolve_device("cpu" if _deployed_file(args)[0] else args.device)
     paths = _image_paths(args)
     model, ckpt = _load_for_inference(args)
+    if _deployed_file(args)[0] == "onnx":
+        _note(f"running {args.onnx} in {model.runtime} ({model.precision})")
     skipped = []
 
     def skip(error):
@@ -466,7 +493,16 @@ def _checkpoint_args(p):
         source.add_argument(
             f"--{fmt}", metavar="FILE", help=f"a model exported with `compactnets export --format {fmt}`"
         )
+    from .deploy.onnx import RUNTIMES
+
+    p.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        help="what runs an --onnx file (default: onnxruntime); openvino computes in its default precision for the"
+        " CPU (bf16 on a CPU with AMX), openvino_f32 in float32",
+    )
     p.add_argument("--model", help="model name (default: the one the checkpoint names)")
+    p.add_argument("--ema", action="store_true", help="the checkpoint's EMA weights (a run trained with --model-ema)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
@@ -494,6 +530,15 @@ def _eval_args(p):
         help="channels-last memory format, as training uses by default (a binary net's signs can flip on"
         " rounding-level differences of summation order: the same format gives the training log's figures)",
     )
+    p.add_argument(
+        "--tta", choices=("none", "flip"), default="none",
+        help="test-time augmentation: flip averages the logits of each image and its mirror image (reported apart"
+        " from single-view figures)",
+    )  # fmt: skip
+    p.add_argument(
+        "--bn-reestimate", type=int, metavar="N",
+        help="first recompute the batch-norm statistics on N images of the training split of --data",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--log-interval", type=int, default=20, help="batches between progress lines off a terminal")
@@ -655,5 +700,5 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt as e:
         print(f"\ninterrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_status", 130)  # 128 + the signal number, as a shell reports it
     return 0

@@ -244,7 +244,11 @@ class DeviceBatches:
         return self.images[index[:, None, None], rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
     def __iter__(self):
-        for start in range(0, len(self.order), self.batch_size):
+        return self.batches_from(0)
+
+    def batches_from(self, step: int):
+        """The batches after the first ``step`` (a run resumed inside an epoch): nothing is drawn for those."""
+        for start in range(step * self.batch_size, len(self.order), self.batch_size):
             batch = slice(start, start + self.batch_size)
             index = self.order[batch].to(self.device)
             if self.pad:

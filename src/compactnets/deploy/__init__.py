@@ -70,9 +70,10 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def load_deployed(fmt: str, path) -> nn.Module:
-    """The runner of a deployed file of format ``fmt`` (a key of :data:`FORMATS`)."""
-    return FORMATS[fmt].function("load")(path)
+def load_deployed(fmt: str, path, **options) -> nn.Module:
+    """The runner of a deployed file of format ``fmt`` (a key of :data:`FORMATS`); ``options`` go to its loader
+    (``runtime=`` for ONNX)."""
+    return FORMATS[fmt].function("load")(path, **options)
 
 
 __all__ = ["FORMATS", "DeployError", "Format", "example_input", "fold_batch_norms", "inference_form", "load_deployed"]

@@ -1,26 +1,30 @@
 """CPU latency and throughput of models on several backends, measured in one interleaved run, beside their
 parameters and MACs.
 
-Convention (``conventions.md`` section 7): a fixed thread count (``torch.set_num_threads`` and onnxruntime's
-intra-op threads), eval mode under ``torch.inference_mode()``, warm-up calls, then timed calls with
-``time.perf_counter``; batch-1 median, p90 and min. Every (model, backend) runner makes one call per round, so
-load from other processes hits them alike: on a shared machine compare ratios within a run.
+Convention (``conventions.md`` section 7): a fixed thread count (``torch.set_num_threads``, onnxruntime's
+intra-op threads, OpenVINO's ``INFERENCE_NUM_THREADS``), eval mode under ``torch.inference_mode()``, warm-up
+calls, then timed calls with ``time.perf_counter``; batch-1 median, p90 and min. Every (model, backend) runner
+makes one call per round, so load from other processes hits them alike: on a shared machine compare ratios
+within a run.
 
 Models: registered names, ``tv:NAME`` (torchvision) and ``timm:NAME`` (when timm is installed), all random
 weights. Each backend runs the :func:`~compactnets.deploy.inference_form` of the model (BN folded, family
-forms); :data:`BACKENDS` maps a name to the function that prepares a runner.
+forms); :data:`BACKENDS` maps a name to the function that prepares a runner. Each row says the precision its
+backend computed in (for OpenVINO, what its compiled model reports: its default is bf16 on CPUs with AMX).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.metadata
 import io
 import json
 import platform
 import re
 import statistics
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +36,10 @@ from torch import nn
 from . import DeployError, example_input, inference_form
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Every preprocessing key, as an exported file's metadata must hold: torchvision's ImageNet weights resize to 256
+# and crop 224 (bilinear), RGB in [0, 1]; timm's configs lack the last two.
+TORCHVISION_CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear", mean=IMAGENET_MEAN,
+                       std=IMAGENET_STD, channel_order="RGB", pixel_range=1.0)  # fmt: skip
 DEFAULT_ANCHORS = ("tv:shufflenet_v2_x1_0", "tv:mobilenet_v3_small", "tv:mobilenet_v2", "tv:resnet18")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 
@@ -78,19 +86,19 @@ def environment(threads: int | None = None) -> dict:
     with contextlib.suppress(OSError, StopIteration):
         flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
     onednn = re.search(r"MKL-DNN (v[\d.]+)", torch.__config__.show())
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
+    versions = {}
+    for package in ("onnxruntime", "openvino"):  # read from the installed metadata: importing costs seconds
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
     return {
         "cpu": cpu_model(),
         "cpu_flags": [f for f in CPU_FLAGS if f in flags],
         "threads": threads or torch.get_num_threads(),
         "torch": torch.__version__,
         "onednn": onednn.group(1) if onednn else None,
-        "onnxruntime": ort_version,
+        **versions,
         "python": platform.python_version(),
         "dtype": "float32",
     }
@@ -100,7 +108,7 @@ def environment_line(env: dict) -> str:
     flags = "/".join(env["cpu_flags"]) or "no AVX2"
     return (
         f"{env['cpu']} ({flags}), {env['threads']} thread(s), torch {env['torch']}, oneDNN {env['onednn'] or '?'}, "
-        f"onnxruntime {env['onnxruntime'] or '-'}, {env['dtype']}"
+        f"onnxruntime {env['onnxruntime'] or '-'}, openvino {env.get('openvino') or '-'}, {env['dtype']} weights"
     )
 
 
@@ -117,7 +125,7 @@ def create_bench_model(name: str) -> nn.Module:
             model = torchvision.models.get_model(name[3:], weights=None)
         except ValueError as e:
             raise DeployError(f"{name}: {e}") from e
-        model.pretrained_cfg = dict(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, architecture=name)
+        model.pretrained_cfg = dict(TORCHVISION_CFG, architecture=name)
     elif name.startswith("timm:"):
         try:
             import timm
@@ -127,7 +135,8 @@ def create_bench_model(name: str) -> nn.Module:
             model = timm.create_model(name[5:], pretrained=False)
         except RuntimeError as e:
             raise DeployError(f"{name}: {e}") from e
-        model.pretrained_cfg = dict(model.pretrained_cfg, architecture=name)
+        cfg = {"channel_order": "RGB", "pixel_range": 1.0, **model.pretrained_cfg}
+        model.pretrained_cfg = dict(cfg, architecture=name)
     else:
         from ..registry import create_model
 
@@ -146,6 +155,7 @@ class Runner:
     prepare: Callable[[torch.Tensor], torch.Tensor]
     memory_format: str
     kernel: str  # what runs the convolutions
+    precision: str = "f32"  # what the convolutions compute in
 
 
 def _no_grad(module: nn.Module) -> Callable[[torch.Tensor], object]:
@@ -172,13 +182,22 @@ def _compile(model: nn.Module, example: torch.Tensor, workdir: Path, threads: in
     return Runner(_no_grad(compiled), lambda x: x, "NCHW", "torch.compile (inductor, C++)")
 
 
-def _onnxruntime(model: nn.Module, example: torch.Tensor, workdir: Path, threads: int) -> Runner:
-    from .onnx import export_onnx, load_onnx
+ONNX_KERNELS = {"onnxruntime": "onnxruntime CPU (MLAS)", "openvino": "OpenVINO CPU (oneDNN)"}
 
-    path = workdir / f"{model.pretrained_cfg['architecture'].replace(':', '_')}.onnx"
-    export_onnx(model, path, input_size=tuple(example.shape[1:]))
-    runner = load_onnx(path, threads=threads)
-    return Runner(runner.forward, lambda x: x, "NCHW", "onnxruntime CPU (MLAS)")
+
+def _onnx(runtime: str) -> Callable[[nn.Module, torch.Tensor, Path, int], Runner]:
+    """The runner of what ``compactnets export`` writes, on ``runtime`` (a key of ``onnx.RUNTIMES``)."""
+
+    def prepare(model: nn.Module, example: torch.Tensor, workdir: Path, threads: int) -> Runner:
+        from .onnx import RUNTIMES, export_onnx, load_onnx
+
+        path = workdir / f"{model.pretrained_cfg['architecture'].replace(':', '_')}.onnx"
+        if not path.exists():  # one export per model serves every ONNX backend of the run
+            export_onnx(model, path, input_size=tuple(example.shape[1:]))
+        runner = load_onnx(path, threads=threads, runtime=runtime)
+        return Runner(runner.forward, lambda x: x, "NCHW", ONNX_KERNELS[RUNTIMES[runtime][0]], runner.precision)
+
+    return prepare
 
 
 def _packed(model: nn.Module, example: torch.Tensor, workdir: Path, threads: int) -> Runner:
@@ -191,7 +210,8 @@ def _packed(model: nn.Module, example: torch.Tensor, workdir: Path, threads: int
     path = workdir / f"{model.pretrained_cfg['architecture']}.packed.safetensors"
     export_packed(model, path, input_size=tuple(example.shape[1:]), check=False)
     runner = load_packed(path, threads=threads)
-    return Runner(_no_grad(runner), lambda x: x, "NCHW", f"compactnets binary kernel ({kernel_path()})")
+    kernel = f"compactnets binary kernel ({kernel_path()})"
+    return Runner(_no_grad(runner), lambda x: x, "NCHW", kernel, "1-bit+f32")  # full-precision first/last layers
 
 
 # One entry per backend: (model, example input, scratch folder, threads) -> Runner, or None where it does not apply.
@@ -199,7 +219,9 @@ BACKENDS: dict[str, Callable[[nn.Module, torch.Tensor, Path, int], Runner | None
     "eager": _eager,
     "channels_last": _channels_last,
     "compile": _compile,
-    "onnxruntime": _onnxruntime,
+    "onnxruntime": _onnx("onnxruntime"),
+    "openvino": _onnx("openvino"),  # OpenVINO's default precision for the CPU
+    "openvino_f32": _onnx("openvino_f32"),
     "packed": _packed,  # binarized models only
 }
 
@@ -212,6 +234,7 @@ class BenchRow:
     model: str
     backend: str
     kernel: str
+    precision: str
     memory_format: str
     input_size: str
     params: int
@@ -259,6 +282,7 @@ def run_bench(
         for name in models:
             model = create_bench_model(name)
             size = tuple(input_size or model.pretrained_cfg["input_size"])
+            model.pretrained_cfg = dict(model.pretrained_cfg, input_size=size)  # what an exported file says it takes
             x1 = example_input(model, 1, size)
             macs, _ = flop_counter_macs(model, x1)
             for backend in backends:
@@ -295,6 +319,7 @@ def run_bench(
                 model=name,
                 backend=backend,
                 kernel=runner.kernel,
+                precision=runner.precision,
                 memory_format=runner.memory_format,
                 input_size="x".join(map(str, size)),
                 params=params,
@@ -318,6 +343,7 @@ def run_bench(
 TABLE_COLUMNS = (
     ("model", "model", "{}"),
     ("backend", "backend", "{}"),
+    ("precision", "precision", "{}"),
     ("params", "params (M)", "{:.2f}"),
     ("macs", "MACs (M)", "{:.1f}"),
     ("latency_ms_median", "median ms", "{:.2f}"),
@@ -373,7 +399,8 @@ def to_csv(rows: list[BenchRow], env: dict) -> str:
     """One row per (model, backend), the environment repeated on each row (a CSV has no header block)."""
     buffer = io.StringIO()
     env_columns = {"cpu": env["cpu"], "threads": env["threads"], "torch": env["torch"],
-                   "onnxruntime": env["onnxruntime"], "onednn": env["onednn"]}  # fmt: skip
+                   "onnxruntime": env["onnxruntime"], "openvino": env.get("openvino"),  # absent before openvino
+                   "onednn": env["onednn"]}  # fmt: skip
     writer = csv.DictWriter(buffer, fieldnames=[*rows[0].as_dict(), *env_columns])
     writer.writeheader()
     for row in rows:
@@ -384,7 +411,8 @@ def to_csv(rows: list[BenchRow], env: dict) -> str:
 def rows_from_json(text: str) -> tuple[list[BenchRow], dict]:
     """The rows and environment of a :func:`to_json` output (to re-plot or re-tabulate a run)."""
     data = json.loads(text)
-    return [BenchRow(**r) for r in data["results"]], data["environment"]
+    # runs from before the precision column computed everything in float32
+    return [BenchRow(**{"precision": "f32", **r}) for r in data["results"]], data["environment"]
 
 
 def plot(rows: list[BenchRow], env: dict, out: str | Path, metric: str = "wall") -> None:
@@ -398,7 +426,7 @@ def plot(rows: list[BenchRow], env: dict, out: str | Path, metric: str = "wall")
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise DeployError("--plot needs matplotlib: pip install 'compactnets[plot]'") from e
-    markers = dict(zip(BACKENDS, "os^Dv", strict=False))
+    markers = dict(zip(BACKENDS, "os^DvPX", strict=False))
     sources = {"tv": "tab:gray", "timm": "tab:brown"}
     fig, ax = plt.subplots(figsize=(10, 7), dpi=120)
     for backend in dict.fromkeys(r.backend for r in rows):
@@ -420,9 +448,8 @@ def plot(rows: list[BenchRow], env: dict, out: str | Path, metric: str = "wall")
     ax.set_yscale("log")
     ax.set_xlabel("MACs (millions, batch 1)")
     ax.set_ylabel(f"batch-1 median latency (ms, {'CPU time' if metric == 'cpu' else 'wall clock'})")
-    ax.set_title(
-        f"Latency vs MACs: blue compactnets, gray torchvision, brown timm\n{environment_line(env)}", fontsize=8
-    )
+    wrapped = "\n".join(textwrap.wrap(environment_line(env), 150))  # one line overflows the figure
+    ax.set_title(f"Latency vs MACs: blue compactnets, gray torchvision, brown timm\n{wrapped}", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="backend")
     fig.tight_layout()

@@ -13,8 +13,13 @@ ops are the float ops ``conv2d``, ``batch_norm``, ``relu``, ``max_pool2d``, ``av
   (kh, kw, in) order, bit ``i % 8`` of byte ``i // 8``, set = -1. With ``"output": "float"`` it writes
   ``alpha * dot + bias`` (``relu`` optional); with ``"output": "bits"`` it writes the next binary conv's packed
   input, channel ``j`` being -1 unless ``threshold_sign[j] * dot[out_order[j]] >= threshold[j]`` (bias, ReLU, the
-  next batch norm and sign folded in; ``out_order`` present when a channel shuffle lies in between; int16 or int32);
+  next batch norm and sign folded in). ``threshold`` is int16 or int32 [out]; ``threshold_sign_bits`` uint8
+  [ceil(out / 8)] holds the signs, bit ``j % 8`` of byte ``j // 8`` set where ``threshold_sign[j]`` is -1;
+  ``out_shuffle``, present when channel shuffles lie in between, lists their groups: ``out_order`` is the
+  identity shuffled by each in turn (version 1 stored int8 ``threshold_sign`` and an ``out_order`` tensor);
 - ``bit_max_pool2d``: max pooling on bits (``and_mask`` uint8 [C]: channels whose -1 bit is the AND of the window).
+
+Every file is checked in full before anything runs (:mod:`.packed_format`): a packed file is untrusted input.
 
 :func:`export_packed` finds binary blocks from the module structure alone (a :class:`BinaryActivation` whose output
 feeds a :class:`BinaryConv2d`), by recording the modules a forward pass runs; it needs no compiled code.
@@ -31,23 +36,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import PREPROCESSING_KEYS, CheckpointError
+from ..checkpoint import PREPROCESSING_KEYS
 from ..layers import BinaryActivation, BinaryConv2d, ChannelShuffle
 from ..layers.fold import compose, fold_bn, shuffle_perm
 from ..profiler import forward_hooks
 from . import binary_kernel as bk
+from .packed_format import FORMAT, FORMAT_VERSION, PackedError, check_header, check_packed
+from .packed_plan import Plan, build_plan, resolve_precision
 
-FORMAT = "compactnets.packed"
-FORMAT_VERSION = 1
 _SKIPPED = (nn.Identity, nn.Dropout)
 # Per-channel monotone ops (and permutations) that a following sign absorbs as a threshold.
 _MONOTONE = (nn.ReLU, nn.BatchNorm2d, ChannelShuffle, *_SKIPPED)
 # After a binary conv, max pooling too: it commutes with monotone ops and is an AND/OR of the sign bits.
 _FUSIBLE = (*_MONOTONE, nn.MaxPool2d)
-
-
-class PackedError(CheckpointError):
-    """A model that cannot be packed, or a file that is not a readable packed model."""
 
 
 # ---------------------------------------------------------------------------------------------------------- export
@@ -199,7 +200,7 @@ def _emit_fused(graph: _Graph, name: str, conv: BinaryConv2d, pending: list, con
     # Every value the integer dot product can take, run through the model's own modules after the conv.
     value = (alpha[:, None] * dots[None, :] + bias[:, None]).view(1, channels, 1, -1)
     order = torch.arange(channels)  # position -> conv output channel
-    pools = []
+    shuffles, pools = [], []
     with torch.no_grad():
         for _, m in pending:
             if isinstance(m, nn.MaxPool2d):
@@ -207,6 +208,7 @@ def _emit_fused(graph: _Graph, name: str, conv: BinaryConv2d, pending: list, con
                 continue
             if isinstance(m, ChannelShuffle) and m.groups > 1:
                 order = compose(order, shuffle_perm(channels, m.groups))
+                shuffles.append(m.groups)
             value = m(value.clone())
     positive = value[0, :, 0, :] > 0
     up, down = _monotone(positive)
@@ -216,16 +218,17 @@ def _emit_fused(graph: _Graph, name: str, conv: BinaryConv2d, pending: list, con
     last_positive = 2 * k - positive.flip(1).int().argmax(1)
     # up: positive iff dot >= -k + first; down: positive iff dot <= -k + last, i.e. -dot >= k - last.
     threshold = _small_int(torch.where(up, first_positive - k, k - last_positive))
-    threshold_sign = torch.where(up, 1, -1).to(torch.int8)
-    tensors = {"weight_bits": _weight_bits(negative), "threshold": threshold, "threshold_sign": threshold_sign}
-    if not torch.equal(order, torch.arange(channels)):
-        tensors["out_order"] = _small_int(order)
+    # One bit per channel for the sign (set = -1) and the shuffles' groups for the order: a byte or two per
+    # channel less, which nin_gc_xnornet's binary layers need to stay 25x smaller than float.
+    sign_bits = torch.from_numpy(np.packbits(~up.numpy(), bitorder="little"))
+    tensors = {"weight_bits": _weight_bits(negative), "threshold": threshold, "threshold_sign_bits": sign_bits}
     graph.add(
         "binary_conv2d",
         tensors,
         **_binary_conv_attrs(conv),
         output="bits",
         out_groups=consumer.groups,
+        **({"out_shuffle": shuffles} if shuffles else {}),
     )
     for m, before, before_order in pools:
         if m.ceil_mode or _pair(m.dilation) != [1, 1]:
@@ -461,6 +464,7 @@ class _BinaryConv(_BinaryStep):
 class _BitMaxPool(_BinaryStep):
     def __init__(self, node: dict, t: dict):
         mask = t["and_mask"].numpy().astype(bool)
+        self.channel_mask = torch.from_numpy(mask)  # for the same pool on +-1 bytes (packed_plan)
         groups = node["groups"]
         words = bk.pack_sign_bits(mask.reshape(groups, -1)).reshape(-1)
         self.and_mask = torch.from_numpy(words.view(np.int64).copy())
@@ -525,22 +529,36 @@ class PackedModel(nn.Module):
     """Runs a packed file: float layers with torch, binary convs with the bit-packed kernel.
 
     ``forward`` takes a preprocessed float NCHW batch and returns logits. ``threads`` (None: the current
-    ``torch.get_num_threads()`` at each call) sets the kernel's thread count.
+    ``torch.get_num_threads()`` at each call) sets the kernel's thread count. Each input shape and thread count gets
+    an execution plan at its first call (:mod:`.packed_plan`): every binary layer's path (popcount or AMX) chosen by
+    timing, unless ``kernel_path`` (or ``COMPACTNETS_BINARY_KERNEL``) forces one, and the float layers' precision
+    (``precision``: ``"exact"``, float32; ``"fast"``, bf16 where faster; None: ``COMPACTNETS_PACKED_PRECISION``,
+    else exact). :meth:`plan` shows what was chosen.
     """
 
-    def __init__(self, header: dict, tensors: dict[str, torch.Tensor], threads: int | None = None):
+    def __init__(
+        self,
+        header: dict,
+        tensors: dict[str, torch.Tensor],
+        threads: int | None = None,
+        precision: str | None = None,
+        kernel_path: str | None = None,
+    ):
         super().__init__()
         bk.library()  # fail here, with the reason, when the kernel is missing
+        node_tensors = check_packed(header, tensors)  # untrusted input: all of it, before anything is built
         # JSON has no tuples; model configs hold them (as timm's do).
         self.pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in header["pretrained_cfg"].items()}
         self.class_names = header.get("class_names")
         self.num_classes = self.pretrained_cfg.get("num_classes")
         self.param_count = header.get("param_count")  # of the float model it was exported from
         self.threads = threads
+        self.precision, self.kernel_path = precision, kernel_path
+        self._plans: dict[tuple, Plan] = {}
+        self._node_tensors = node_tensors
         self.nodes = header["nodes"]
         self._steps = []
-        for i, node in enumerate(self.nodes):
-            t = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
+        for node, t in zip(self.nodes, node_tensors, strict=True):
             binary = _BINARY_OPS.get(node["op"])
             self._steps.append((node["op"], binary(node, t) if binary else _float_op(node, t), binary is not None))
 
@@ -548,12 +566,19 @@ class PackedModel(nn.Module):
         if x.device.type != "cpu" or x.dim() != 4:
             raise ValueError(f"the packed runner takes a CPU batch (N, C, H, W), not {x.device} {tuple(x.shape)}")
         x = x.float().contiguous(memory_format=torch.channels_last)
-        binary = False
-        for op, step, binary in self._steps:
-            if collect is not None and op == "binary_conv2d":
-                collect.append(unpack_signs(x, step.groups, step.in_channels))
-            x = step(x, self.threads) if binary else step(x)
-        return x.clone() if binary else x  # never hand out a buffer that the next call overwrites
+        return self.plan(tuple(x.shape)).run(x, collect)
+
+    def plan(self, shape: tuple, threads: int | None = None) -> Plan:
+        """The execution plan for float inputs of ``shape`` (N, C, H, W), built (and its choices timed) at first use;
+        its ``report`` lists each layer's candidates and the path taken. A few shapes are kept."""
+        threads = max(1, threads or self.threads or torch.get_num_threads())
+        path, precision = self.kernel_path or bk.forced_path(), resolve_precision(self.precision)
+        key = (tuple(shape), threads, path, precision)
+        if key not in self._plans:
+            if len(self._plans) >= 4:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = build_plan(self, tuple(shape), threads, path, precision)
+        return self._plans[key]
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -593,14 +618,21 @@ def read_packed(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise PackedError(f"{path} is not a safetensors file: {e}") from e
     if FORMAT not in metadata:
         raise PackedError(f"{path} is a safetensors file but not a compactnets packed model (no {FORMAT} header)")
-    header = json.loads(metadata[FORMAT])
-    if header.get("version", 0) > FORMAT_VERSION:
-        raise PackedError(f"{path} has packed format version {header['version']}; this compactnets reads up to "
-                          f"{FORMAT_VERSION}")  # fmt: skip
+    try:
+        header = json.loads(metadata[FORMAT])
+        check_header(header)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise PackedError(f"{path}: the {FORMAT} header is not readable JSON ({type(e).__name__})") from None
+    except PackedError as e:
+        raise PackedError(f"{path}: {e}") from None
     return header, tensors
 
 
-def load_packed(path: str | Path, threads: int | None = None) -> PackedModel:
-    """The runner of a packed file (an ``nn.Module`` with ``pretrained_cfg`` and ``class_names``)."""
+def load_packed(path: str | Path, threads: int | None = None, **options) -> PackedModel:
+    """The runner of a packed file (an ``nn.Module`` with ``pretrained_cfg`` and ``class_names``); ``options``:
+    ``precision`` and ``kernel_path`` of :class:`PackedModel`."""
     header, tensors = read_packed(path)
-    return PackedModel(header, tensors, threads=threads).eval()
+    try:
+        return PackedModel(header, tensors, threads=threads, **options).eval()
+    except PackedError as e:
+        raise PackedError(f"{path}: {e}") from None

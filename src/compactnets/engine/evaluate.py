@@ -56,11 +56,16 @@ def _head_width(state_dict: dict, classifier: str) -> int | None:
     return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
 
 
-def load_model(checkpoint: str | Path, model_name: str | None = None) -> tuple[nn.Module, dict]:
-    """The model a checkpoint (or a run folder's best.pth) was saved from, or ``model_name``, with its weights,
-    its validated preprocessing and ``class_names`` (the checkpoint's, else the dataset's when they fit)."""
+def load_model(checkpoint: str | Path, model_name: str | None = None, ema: bool = False) -> tuple[nn.Module, dict]:
+    """The model a checkpoint (or a run folder's best.pth) was saved from, or ``model_name``, with its weights
+    (``ema``: the run's exponential moving average of them), its validated preprocessing and ``class_names``
+    (the checkpoint's, else the dataset's when they fit)."""
     checkpoint = checkpoint_path(checkpoint)
     ckpt = load_file(checkpoint)
+    if ema:
+        if not isinstance(ckpt.get("state_dict_ema"), dict):
+            raise CheckpointError(f"{checkpoint} holds no EMA weights (the run was trained without --model-ema)")
+        ckpt = {**ckpt, "state_dict": ckpt["state_dict_ema"]}
     name = model_name or ckpt.get("arch")
     if not name or not isinstance(name, str):
         raise CheckpointError(f"{checkpoint} does not name its model; pass --model")
@@ -153,13 +158,24 @@ def build_eval_loader(
     )
 
 
+TTA_CHOICES = ("none", "flip")
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, autocast=None, channels_last=False, progress=None
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast=None,
+    channels_last=False,
+    progress=None,
+    tta: str = "none",
 ) -> dict:
     """Mean cross-entropy (no smoothing), top-1 and top-5 in %, over every sample of ``loader``
     (summed across ranks when distributed); ``progress`` (a :class:`~compactnets.engine.progress.Progress`)
-    wraps the loader."""
+    wraps the loader. ``tta="flip"``: the logits are the mean of the image's and its mirror image's."""
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_CHOICES)}")
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
     for images, targets in progress(loader) if progress else loader:
@@ -168,8 +184,9 @@ def evaluate(
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         with autocast or contextlib.nullcontext():
-            logits = model(images)
-        logits = logits.float()
+            logits = model(images).float()
+            if tta == "flip":
+                logits = (logits + model(images.flip(3)).float()) / 2
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = topk.eq(targets[:, None])

@@ -3,22 +3,27 @@
 ``--fast-data auto`` (the default) takes the fast path (:mod:`compactnets.data.memory`) where it gives what the
 torchvision pipeline gives: images of the model's input size, at most 64 px, that fit in memory, and the
 ``cifar`` or ``none`` augmentation without colour jitter. ``on`` insists (and says why it cannot), ``off`` always
-uses the DataLoader. Either way the training batches of an epoch depend only on the seed and the epoch.
+uses the DataLoader. Either way the training batches of an epoch depend only on the seed and the epoch, so a run
+resumed inside an epoch continues with the very batches it would have drawn.
+
+``--bn-reestimate N`` adds ``bn_batches``: a fixed random subset of N training images, without augmentation
+(as the evaluation sees images), for :func:`~compactnets.engine.batchnorm.reestimate_bn`.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data import build_dataset, train_transform
 from ..data.classes import match_classes
-from ..data.datasets import check_images_readable
+from ..data.datasets import check_images_readable, subset_indices
 from ..data.memory import DecodedSplit, DeviceBatches, FastDataUnavailable, check_fast_path, decode_split
 from .distributed import DistInfo
 from .evaluate import build_eval_loader, default_workers, limit_dataset
@@ -38,6 +43,7 @@ class TrainingData:
     seed: int = 0
     sampler: DistributedSampler | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
+    bn_batches: Iterable | None = None
 
     @property
     def fast(self) -> bool:
@@ -49,8 +55,29 @@ class TrainingData:
             self.train.set_epoch(epoch)
             return
         self.generator.manual_seed(self.seed + epoch)
+        self.train.dataset.set_epoch(epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
+
+    def batches_from(self, step: int) -> Iterable:
+        """This epoch's training batches after the first ``step`` (the DataLoader loads the skipped ones too)."""
+        if self.fast:
+            return _Sized(self.train.batches_from(step), len(self.train) - step)
+        return _Sized(itertools.islice(self.train, step, None), len(self.train) - step)
+
+
+@dataclass
+class _Sized:
+    """An iterator with the length progress bars ask for."""
+
+    iterator: Iterable
+    length: int
+
+    def __iter__(self):
+        return iter(self.iterator)
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def _fast_data(args, cfg, kind, augment, dist_info: DistInfo, device, log) -> TrainingData:
@@ -74,8 +101,12 @@ def _fast_data(args, cfg, kind, augment, dist_info: DistInfo, device, log) -> Tr
         evaluation = DeviceBatches(
             test_split, batch_size=args.eval_batch_size or args.batch_size, train=False, **common
         )
+    bn_batches = None
+    if args.bn_reestimate:  # the same subset on every rank: every rank's statistics agree
+        subset = train_split.select(subset_indices(len(train_split), args.bn_reestimate, args.seed))
+        bn_batches = DeviceBatches(subset, batch_size=args.batch_size, train=False, cfg=cfg, device=device)
     description = f"fast path: uint8 tensors on {device}, batched augmentation"
-    return TrainingData(train, evaluation, train_split.classes, train.length, description)
+    return TrainingData(train, evaluation, train_split.classes, train.length, description, bn_batches=bn_batches)
 
 
 def _labelled_like(split: DecodedSplit, classes: list[str], log) -> DecodedSplit:
@@ -88,9 +119,30 @@ def _labelled_like(split: DecodedSplit, classes: list[str], log) -> DecodedSplit
     return DecodedSplit(split.images, torch.tensor(mapping)[split.targets], list(classes))
 
 
+class SeededSamples(Dataset):
+    """``dataset`` whose random transforms draw from a generator seeded by (seed, epoch, sample index): the
+    augmentation of a sample depends on nothing else (not on the worker count, nor on the random numbers the model
+    drew before), so a run resumed inside an epoch loads exactly the batches it would have loaded."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.classes = dataset.classes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 100_000_007 + index)
+            return self.dataset[index]
+
+
 def _dataloaders(args, cfg, kind, augment, dist_info: DistInfo, device, log) -> TrainingData:
     train_set = build_dataset(args.data, "train", train_transform(cfg, augment, args.color_jitter), kind)
-    train_set = limit_dataset(train_set, args.train_limit, args.seed)
+    train_set = SeededSamples(limit_dataset(train_set, args.train_limit, args.seed), args.seed)
     workers = default_workers(kind) if args.workers is None else args.workers
     sampler = DistributedSampler(train_set, seed=args.seed) if dist_info.enabled else None
     generator = torch.Generator()
@@ -113,9 +165,15 @@ def _dataloaders(args, cfg, kind, augment, dist_info: DistInfo, device, log) -> 
             args.seed, dist_info, classes=list(train_set.classes), note=log,
         )  # fmt: skip
         check_images_readable(eval_loader.dataset)
+    bn_batches = None
+    if args.bn_reestimate:
+        bn_batches = build_eval_loader(
+            cfg, args.data, kind, "train", args.batch_size, workers, args.bn_reestimate, args.seed,
+            classes=list(train_set.classes),
+        )  # fmt: skip
     return TrainingData(
         train_loader, eval_loader, list(train_set.classes), len(train_set),
-        f"torchvision DataLoader, {workers} worker(s)", args.seed, sampler, generator,
+        f"torchvision DataLoader, {workers} worker(s)", args.seed, sampler, generator, bn_batches,
     )  # fmt: skip
 
 

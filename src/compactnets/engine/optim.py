@@ -46,7 +46,8 @@ def lr_factor_fn(args, iters_per_epoch: int) -> Callable[[int], float]:
       lands one epoch after its milestone, as when ``MultiStepLR.step(epoch=e)`` runs after epoch e (MCTS):
       milestones 100/150 of 200 epochs then drop at 0-based epochs 101 and 151.
     * ``cosine``: half cosine from 1 to ``min_lr / lr`` over the iterations after warm-up.
-    * ``linear``: 1 - step / total, per iteration (0 on the iteration after the last).
+    * ``linear``: from 1 after warm-up down to 0 on the iteration after the last, per iteration (with a warm-up,
+      the triangular one-cycle schedule of fast CIFAR training).
     * ``constant``.
     Warm-up (any schedule): linear from 0 over ``warmup_epochs``, per iteration: ``step / warmup_steps``.
     """
@@ -67,7 +68,7 @@ def lr_factor_fn(args, iters_per_epoch: int) -> Callable[[int], float]:
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         if args.sched == "linear":
-            return max(0.0, 1 - step / total)
+            return max(0.0, (total - step) / max(1, total - warmup))
         return 1.0
 
     if args.sched not in SCHEDULES:

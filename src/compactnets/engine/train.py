@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
 import random
-import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,7 +41,6 @@ from ..checkpoint import (
     CheckpointError,
     load_file,
     load_state_dict_checked,
-    orphan_temporaries,
     save_atomic,
 )
 from ..data import detect_kind
@@ -49,12 +48,16 @@ from ..data.datasets import KINDS
 from ..data.transforms import AUGMENTATIONS
 from ..errors import OptionError
 from ..registry import create_model, get_model_cfg, parse_model_kwargs
+from .batchnorm import reestimate_bn
+from .distill import distillation_loss, load_teacher
 from .distributed import device_description, init_distributed, resolve_device, shutdown_distributed
 from .evaluate import evaluate
+from .interrupt import StopSignals, TrainingInterrupted
 from .loaders import FAST_DATA_CHOICES, build_training_data
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
 from .precision import AMP_CHOICES, resolve_amp
 from .progress import Progress
+from .run_folder import RunFolder, resume_checkpoint_path
 
 DEFAULT_MODEL = "nin"
 LOG_FIELDS = (
@@ -94,6 +97,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--eval-batch-size", type=int, help="default: --batch-size")
     g.add_argument("--opt", choices=OPTIMIZERS, default="sgd")
     g.add_argument("--lr", type=float, default=0.05)
+    g.add_argument(
+        "--lr-base-batch", type=int, help="--lr and --min-lr are for this global batch: scaled linearly to the real one"
+    )
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--nesterov", action="store_true")
     g.add_argument("--weight-decay", type=float, default=1e-4)
@@ -110,8 +116,23 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--aux-loss-weight", type=float, default=1.0, help="weight of the model's auxiliary_loss(), if it has one"
     )
     g.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
-    g.add_argument("--amp", choices=AMP_CHOICES, default="none", help="autocast precision (auto: bf16 where fast)")
+    g.add_argument(
+        "--amp", choices=AMP_CHOICES, default="auto", help="autocast precision (auto: bf16 where the device is fast)"
+    )
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC memory format")
+    g = parser.add_argument_group("averaging, distillation, batch-norm statistics")
+    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm's ModelEmaV3); "
+                   "evaluations and the best checkpoint measure it, checkpoints hold it as state_dict_ema")  # fmt: skip
+    g.add_argument("--model-ema-decay", type=float, default=0.999)
+    g.add_argument("--model-ema-warmup", action="store_true", help="decay rising from 0 (timm's EMA warm-up)")
+    g.add_argument("--teacher", help="distil from this model: a name with shipped weights (NAME or NAME.TAG) or a "
+                   "checkpoint / run folder")  # fmt: skip
+    g.add_argument("--distill-weight", type=float, default=0.5, help="weight of the distillation term (1: no labels)")
+    g.add_argument("--distill-temperature", type=float, default=1.0, help="softmax temperature of both models")
+    g.add_argument(
+        "--bn-reestimate", type=int, default=0, metavar="N",
+        help="before each evaluation, recompute the batch-norm statistics on N training images (0: off)",
+    )  # fmt: skip
     g = parser.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact reruns)")
@@ -120,6 +141,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--resume", help="continue from a checkpoint (last.pth) or a run folder")
     g.add_argument("--overwrite", action="store_true", help="start over in an --output folder that holds a run")
     g.add_argument("--print-config", action="store_true", help="print the resolved options (JSON) and exit")
+    g.add_argument(
+        "--checkpoint-interval", type=float, default=10.0, metavar="MINUTES",
+        help="also save last.pth inside an epoch this often (0: at epoch ends only)",
+    )  # fmt: skip
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: never)")
     g.add_argument("--eval-first", action="store_true", help="also evaluate before training")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
@@ -138,27 +163,23 @@ class Phase:
     restart_from_best: bool = False
 
 
-def build_phases(args: argparse.Namespace) -> list[Phase]:
+def build_phases(args: argparse.Namespace, lr_scale: float = 1.0) -> list[Phase]:
     """The recipe's ``[[phases]]`` (each a fresh optimizer and schedule over its own epochs, optionally
-    restarting from the best checkpoint so far), or the whole run as one phase."""
+    restarting from the best checkpoint so far), or the whole run as one phase; rates times ``lr_scale``."""
+
+    def scaled(options: dict) -> argparse.Namespace:
+        merged = {**vars(args), **options}
+        return argparse.Namespace(**{**merged, "lr": merged["lr"] * lr_scale, "min_lr": merged["min_lr"] * lr_scale})
+
     if not args.phases:
-        return [Phase(0, args.epochs, args)]
+        return [Phase(0, args.epochs, scaled({}))]
     phases, start = [], 0
     for overrides in args.phases:
         options = {k: v for k, v in overrides.items() if k != "restart_from_best"}
         end = start + options["epochs"]
-        phases.append(
-            Phase(
-                start, end, argparse.Namespace(**{**vars(args), **options}), overrides.get("restart_from_best", False)
-            )
-        )
+        phases.append(Phase(start, end, scaled(options), overrides.get("restart_from_best", False)))
         start = end
     return phases
-
-
-def resume_checkpoint_path(resume: str) -> Path:
-    path = Path(resume)
-    return path / "last.pth" if path.is_dir() else path
 
 
 # --- reproducibility --------------------------------------------------------------------------------------
@@ -215,17 +236,22 @@ def _stop_if_diverged(first_bad: torch.Tensor, bad_value: torch.Tensor, first_st
 
 
 def train_one_epoch(
-    model, optimizer, scheduler, loader, device, args, scaler, autocast, progress, first_step: int = 0
-) -> dict:
-    """One pass over ``loader``. A non-finite loss stops training (FloatingPointError naming the step, counted
-    from ``first_step``) before the epoch's weights can be saved."""
+    model, optimizer, scheduler, batches, device, args, scaler, autocast, progress, *,
+    first_step: int = 0, start_step: int = 0, stats: list | None = None, teacher=None, ema=None, checkpoints=None,
+) -> dict:  # fmt: skip
+    """One pass over ``batches``: a whole epoch, or its rest after ``start_step`` steps when a run resumes inside
+    it (``stats`` then holds the sums of those steps). A non-finite loss stops training (FloatingPointError naming
+    the step, counted from ``first_step``) before the epoch's weights can be saved. ``teacher``: distil from its
+    logits; ``ema``: update the moving average after each step; ``checkpoints``: a :class:`StepCheckpoints` asked
+    after each step whether a mid-epoch checkpoint is due."""
     model.train()
     auxiliary_loss = getattr(_unwrap(model), "auxiliary_loss", None)
-    stats = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, correct, count, aux sum
+    # loss sum, correct, count, aux sum
+    stats = torch.tensor(stats or [0.0] * 4, dtype=torch.float64, device=device)
     # The first iteration whose loss is not finite, kept on the device (no sync per step).
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     bad_value = torch.zeros((), device=device)
-    for step, (images, targets) in enumerate(progress(loader)):
+    for step, (images, targets) in enumerate(progress(batches), start=start_step):
         if args.steps and scheduler.last_epoch >= args.steps:  # the scheduler counts the run's iterations
             break
         images = images.to(device, non_blocking=True)
@@ -235,6 +261,11 @@ def train_one_epoch(
         with autocast:
             logits = model(images)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(images)
+                soft = distillation_loss(logits, teacher_logits, args.distill_temperature)
+                loss = (1 - args.distill_weight) * loss + args.distill_weight * soft
             aux = auxiliary_loss() if auxiliary_loss else None
             total = loss + args.aux_loss_weight * aux if aux is not None else loss
         optimizer.zero_grad(set_to_none=True)
@@ -251,6 +282,8 @@ def train_one_epoch(
         else:
             optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update(_unwrap(model), step=scheduler.last_epoch)
         newly_bad = ~torch.isfinite(total.detach()) & (first_bad < 0)
         first_bad = torch.where(newly_bad, step, first_bad)
         bad_value = torch.where(newly_bad, total.detach().float(), bad_value)
@@ -263,10 +296,13 @@ def train_one_epoch(
                 (aux.detach().double() * n) if aux is not None else torch.zeros((), device=device).double(),
             ]
         )
-        if step % 20 == 0 or step == len(loader) - 1:
+        if step % 20 == 0 or step == len(batches) + start_step - 1:
             _stop_if_diverged(first_bad, bad_value, first_step)
             loss_sum, correct, count, _ = stats.tolist()
             progress.postfix(loss=loss_sum / count, top1=100 * correct / count)
+        if checkpoints is not None and checkpoints.due():
+            _stop_if_diverged(first_bad, bad_value, first_step)  # never a checkpoint of diverged weights
+            checkpoints.save(step + 1, stats.tolist())
     _stop_if_diverged(first_bad, bad_value, first_step)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(stats)
@@ -315,22 +351,31 @@ def check_options(args: argparse.Namespace) -> None:
     def fail(option: str, value, expected: str):
         raise OptionError(f"--{option} must be {expected}, not {value}")
 
-    for option in ("epochs", "batch_size", "eval_batch_size", "steps", "train_limit", "eval_limit"):
+    for option in ("epochs", "batch_size", "eval_batch_size", "steps", "train_limit", "eval_limit", "lr_base_batch"):
         value = getattr(args, option, None)
         if value is not None and value < 1:
             fail(option.replace("_", "-"), value, "a positive integer")
     if args.log_interval < 1:
         fail("log-interval", args.log_interval, "a positive integer")
-    for option in ("workers", "eval_every"):
+    for option in ("workers", "eval_every", "bn_reestimate"):
         value = getattr(args, option, None)
         if value is not None and value < 0:
             fail(option.replace("_", "-"), value, "zero or more")
-    for option in ("lr", "weight_decay", "momentum", "warmup_epochs", "min_lr", "color_jitter", "aux_loss_weight"):
+    for option in (
+        "lr", "weight_decay", "momentum", "warmup_epochs", "min_lr", "color_jitter", "aux_loss_weight",
+        "checkpoint_interval",
+    ):  # fmt: skip
         value = getattr(args, option, None)
         if value is not None and not (math.isfinite(value) and value >= 0):
             fail(option.replace("_", "-"), value, "a finite number >= 0")
     if not 0 <= args.label_smoothing < 1:
         fail("label-smoothing", args.label_smoothing, "in [0, 1)")
+    if not 0 < args.model_ema_decay < 1:
+        fail("model-ema-decay", args.model_ema_decay, "in (0, 1)")
+    if not 0 <= args.distill_weight <= 1:
+        fail("distill-weight", args.distill_weight, "in [0, 1]")
+    if not (math.isfinite(args.distill_temperature) and args.distill_temperature > 0):
+        fail("distill-temperature", args.distill_temperature, "a positive number")
     if args.clip_grad is not None and not (math.isfinite(args.clip_grad) and args.clip_grad > 0):
         fail("clip-grad", args.clip_grad, "a positive number")
     if args.steps is not None and args.phases:
@@ -358,95 +403,24 @@ def main(args: argparse.Namespace) -> dict:
         shutdown_distributed(dist_info)
 
 
-RUN_FILES = ("last.pth", "best.pth", "log.csv", "args.json")  # checkpoints first
-LOCK_FILE = ".lock"
+class StepCheckpoints:
+    """When to write a checkpoint inside an epoch: every ``interval_s`` seconds, and at the step a stop signal
+    arrived (the loop then stops: :class:`TrainingInterrupted`). ``save(steps_done, stats)`` writes it."""
 
+    def __init__(self, interval_s: float, signals: StopSignals, save):
+        self.interval_s, self.signals, self._save = interval_s, signals, save
+        self.last = time.monotonic()
 
-class RunFolder:
-    """The ``--output`` folder, held by one run at a time (a lock file naming the holder).
-
-    A folder that holds another run is refused unless the run resumes it or ``--overwrite`` starts over (its
-    run files are then removed); temporary checkpoint files that a killed run left behind are removed.
-    """
-
-    def __init__(self, out: Path, args: argparse.Namespace, is_main: bool):
-        self.out, self.args, self.is_main, self.lock = out, args, is_main, out / LOCK_FILE
-
-    def __enter__(self) -> RunFolder:
-        if not self.is_main:
-            return self
-        out = self.out
-        if out.exists() and not out.is_dir():
-            raise OptionError(f"--output {out} is a file, not a folder")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OptionError(f"--output {out} cannot be created: {e.strerror or e}") from e
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise OptionError(f"--output {out} is not writable")
-        self._take_lock()
-        resumes_here = self.args.resume and resume_checkpoint_path(self.args.resume).parent.resolve() == out.resolve()
-        held = [name for name in RUN_FILES[:2] if (out / name).exists()]  # checkpoints: a run was trained here
-        if held and not resumes_here and not self.args.overwrite:
-            self._release()
-            raise OptionError(
-                f"--output {out} holds a run ({', '.join(held)}): continue it with --resume {out}, "
-                "start over with --overwrite, or choose another folder"
-            )
-        if not resumes_here:  # starting over, or the files of a start that never finished an epoch
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-        for tmp in orphan_temporaries(out):
-            tmp.unlink(missing_ok=True)
-        return self
-
-    def _take_lock(self) -> None:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._lock_is_stale():
-                    raise OptionError(f"--output {self.out} is in use: {self._describe_holder()}") from None
-                self.lock.unlink(missing_ok=True)  # its process is gone (killed): take over
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(holder, f)
-            return
-        raise OptionError(f"--output {self.out}: cannot take the lock file {self.lock}")
-
-    def _holder(self) -> dict:
-        try:
-            return json.loads(self.lock.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _describe_holder(self) -> str:
-        h = self._holder()
-        return (
-            f"run of pid {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('started', '?')} "
-            f"(lock file {self.lock}; delete it if that run is gone)"
+    def due(self) -> bool:
+        return self.signals.requested is not None or (
+            self.interval_s > 0 and time.monotonic() - self.last >= self.interval_s
         )
 
-    def _lock_is_stale(self) -> bool:
-        h = self._holder()
-        if h.get("host") != socket.gethostname() or not isinstance(h.get("pid"), int):
-            return False  # another machine's process cannot be checked from here
-        try:
-            os.kill(h["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def _release(self) -> None:
-        if self._holder().get("pid") == os.getpid():
-            self.lock.unlink(missing_ok=True)
-
-    def __exit__(self, *exc) -> None:
-        if self.is_main:
-            self._release()
+    def save(self, steps_done: int, stats: list) -> None:
+        where = self._save(steps_done, stats)
+        self.last = time.monotonic()
+        if self.signals.requested is not None:
+            raise TrainingInterrupted(self.signals.requested, where)
 
 
 def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
@@ -474,11 +448,14 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    teacher = load_teacher(args.teacher, model, device, args.channels_last) if args.teacher else None
+    ema = _model_ema(model, args) if args.model_ema else None  # before DDP wraps the model, as timm does
     if dist_info.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    evaluated = ema.module if ema is not None else _unwrap(model)  # the weights each evaluation measures
 
     out = Path(args.output)
-    ckpt, start_epoch, best, best_epoch = None, 0, None, None
+    ckpt, start_epoch, start_step, best, best_epoch = None, 0, 0, None, None
     if args.resume:
         path = resume_checkpoint_path(args.resume)
         ckpt = load_file(path)
@@ -489,11 +466,18 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
                 f"a compactnets training run; to start a run from these weights use --pretrained {path}"
             )
         load_state_dict_checked(_unwrap(model), ckpt["state_dict"], what=f"checkpoint {path}")
+        if ema is not None:
+            if "state_dict_ema" not in ckpt:
+                raise CheckpointError(f"{path} was trained without --model-ema: resume it without")
+            load_state_dict_checked(ema.module, ckpt["state_dict_ema"], what=f"the EMA weights of {path}")
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        start_epoch, best, best_epoch = ckpt["epoch"], ckpt["best_top1"], ckpt["best_epoch"]
-        log(f"resuming {path} after epoch {start_epoch}/{args.epochs} (best top-1 {_fmt(best, '.2f')})")
+        start_epoch, start_step = ckpt["epoch"], ckpt.get("step_in_epoch", 0)
+        best, best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
+        where = f"step {start_step}/{iters_per_epoch} of epoch {start_epoch + 1}" if start_step else None
+        log(f"resuming {path} {f'at {where}' if where else f'after epoch {start_epoch}'}/{args.epochs} "
+            f"(best top-1 {_fmt(best, '.2f')})")  # fmt: skip
     rows = _read_log(out / "log.csv", start_epoch)
     options = _plain({k: v for k, v in vars(args).items() if not callable(v)})  # the CLI adds its handler
     if dist_info.is_main:
@@ -507,92 +491,177 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         f"{len(classes)} classes) | {args.epochs} epochs x {iters_per_epoch} iterations | {device} | out {out}"
     )
     log(f"data: {training_data.description} | precision: {amp_dtype or torch.float32} ({amp_reason})")
-    if args.eval_first and start_epoch == 0 and eval_loader is not None:
-        e = evaluate(model, eval_loader, device, autocast, args.channels_last)
-        log(f"epoch 0 (before training): eval loss {e['loss']:.3f} top-1 {e['top1']:.2f} top-5 {e['top5']:.2f}")
+    levers = _levers_line(args, dist_info.world_size)
+    if levers:
+        log(levers)
 
-    phases = build_phases(args)
+    def evaluation(epoch: int) -> dict:
+        """In fp32 whatever the training precision: the log's figures are those `compactnets eval` reports."""
+        if training_data.bn_batches is not None:
+            reestimate_bn(evaluated, training_data.bn_batches, device, channels_last=args.channels_last)
+        eval_progress = Progress(show_progress, f"eval after epoch {epoch + 1}", args.log_interval)
+        return evaluate(evaluated, eval_loader, device, channels_last=args.channels_last, progress=eval_progress)
+
+    def training_state(epoch: int, phase: int, optimizer, scheduler, **position) -> dict:
+        """The checkpoint: weights, training state, and where in the run it stands (``position``)."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "arch": args.model,
+            "model_kwargs": model_kwargs,
+            "state_dict": _unwrap(model).state_dict(),
+            **({"state_dict_ema": ema.module.state_dict()} if ema is not None else {}),
+            "pretrained_cfg": _plain(_unwrap(model).pretrained_cfg),
+            "class_names": classes,
+            "epoch": epoch,
+            "phase": phase,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "args": options,
+            "best_top1": best,
+            "best_epoch": best_epoch,
+            "rng": rng_state(),
+            **position,
+        }
+
+    def save_inside(epoch, phase, optimizer, scheduler, lr, start, steps_done: int, stats: list) -> str:
+        """A mid-epoch checkpoint: the sums of the epoch's steps so far travel with it."""
+        if dist_info.is_main:
+            position = {"step_in_epoch": steps_done, "epoch_stats": stats, "elapsed_s": time.perf_counter() - start,
+                        "metrics": {"lr": lr}}  # fmt: skip
+            save_atomic(training_state(epoch, phase, optimizer, scheduler, **position), out / "last.pth")
+        return f"saved at step {steps_done}/{iters_per_epoch} of epoch {epoch + 1}"
+
+    def finish_epoch(epoch: int, state: dict, lr: float, train_stats: dict, elapsed: float, evaluate_now: bool):
+        """Evaluate (when due), log, and save the best and last checkpoints of the trained epoch ``epoch``."""
+        nonlocal best, best_epoch, metrics
+        started = time.perf_counter() - elapsed
+        eval_stats = None
+        if evaluate_now:
+            if dist_info.is_main:  # kept if the evaluation is interrupted: resuming evaluates this epoch again
+                pending = _metrics(epoch, lr, train_stats, None, best, started)
+                save_atomic({**state, "metrics": pending, "pending_eval": True}, out / "last.pth")
+            eval_stats = evaluation(epoch)
+        # The best epoch is the best evaluated one (train top-1 only in runs that never evaluate).
+        score = eval_stats["top1"] if eval_stats else (None if eval_loader is not None else train_stats["top1"])
+        is_best = score is not None and (best is None or score > best)
+        if is_best:
+            best, best_epoch = score, epoch + 1
+        metrics = _metrics(epoch, lr, train_stats, eval_stats, best, started)
+        if dist_info.is_main:
+            checkpoint = {
+                **state,
+                "state_dict": _unwrap(model).state_dict(),
+                **({"state_dict_ema": ema.module.state_dict()} if ema is not None else {}),  # BN re-estimated
+                "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state(),
+                "pending_eval": False,
+            }  # fmt: skip
+            # Log, best, then last: a run killed between any two writes resumes from a consistent last.pth
+            # (log rows after its epoch are dropped on resume).
+            rows.append({k: ("" if v is None else v) for k, v in metrics.items()})
+            _write_log(out / "log.csv", rows)
+            if is_best:
+                save_atomic(checkpoint, out / "best.pth")
+            save_atomic(checkpoint, out / "last.pth")
+        log(_epoch_line(metrics, args.epochs))
+
     show_progress = dist_info.is_main and not args.no_progress
     metrics = {}
-    for index, phase in enumerate(phases):
-        if phase.end <= start_epoch:
-            continue
-        resumed_inside = ckpt is not None and ckpt.get("phase", 0) == index and start_epoch > phase.start
-        if len(phases) > 1 and not resumed_inside:
-            log(f"phase {index + 1}/{len(phases)}: epochs {phase.start + 1}-{phase.end}, lr {phase.args.lr:g}")
-            if phase.restart_from_best:
-                best_ckpt = load_file(out / "best.pth")
-                load_state_dict_checked(_unwrap(model), best_ckpt["state_dict"], what=f"checkpoint {out}/best.pth")
-                log(f"  restarting from best.pth (epoch {best_ckpt['epoch']}) with a fresh {phase.args.opt} optimizer")
-        optimizer = create_optimizer(_unwrap(model), phase.args)
-        # With --steps the schedule spans steps / iters_per_epoch (fractional) epochs: exactly the steps.
-        schedule_args = (
-            argparse.Namespace(**{**vars(phase.args), "epochs": args.steps / iters_per_epoch})
-            if args.steps
-            else phase.args
-        )
-        scheduler = create_scheduler(optimizer, schedule_args, iters_per_epoch)
-        if resumed_inside:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
+    phases = build_phases(args, _lr_scale(args, dist_info.world_size))
+    # Under torchrun only epoch ends are saved: a rank's partial sums are its own (see interrupt.py).
+    interval_s = 0 if dist_info.enabled else 60 * args.checkpoint_interval
+    with StopSignals(defer=not dist_info.enabled) as signals:
+        if ckpt is not None and ckpt.get("pending_eval"):  # stopped during the evaluation of its last epoch
+            m = ckpt["metrics"]
+            train_stats = {"loss": m["train_loss"], "top1": m["train_top1"], "aux_loss": m["aux_loss"]}
+            finish_epoch(start_epoch - 1, ckpt, m["lr"], train_stats, m["epoch_time_s"], evaluate_now=True)
+        elif args.eval_first and start_epoch == 0 and start_step == 0 and eval_loader is not None:
+            e = evaluation(-1)
+            log(f"epoch 0 (before training): eval loss {e['loss']:.3f} top-1 {e['top1']:.2f} top-5 {e['top5']:.2f}")
 
-        for epoch in range(max(start_epoch, phase.start), phase.end):
-            start = time.perf_counter()
-            training_data.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            progress = Progress(show_progress, f"epoch {epoch + 1}/{args.epochs}", args.log_interval)
-            train_stats = train_one_epoch(
-                model, optimizer, scheduler, train_loader, device, phase.args, scaler, autocast, progress,
-                first_step=epoch * iters_per_epoch,
-            )  # fmt: skip
+        for index, phase in enumerate(phases):
+            if phase.end <= start_epoch:
+                continue
+            resumed_inside = (
+                ckpt is not None and ckpt.get("phase", 0) == index and (start_epoch > phase.start or start_step > 0)
+            )
+            if len(phases) > 1 and not resumed_inside:
+                log(f"phase {index + 1}/{len(phases)}: epochs {phase.start + 1}-{phase.end}, lr {phase.args.lr:g}")
+                if phase.restart_from_best:
+                    best_ckpt = load_file(out / "best.pth")
+                    load_state_dict_checked(_unwrap(model), best_ckpt["state_dict"], what=f"checkpoint {out}/best.pth")
+                    log(f"  restarting from best.pth (epoch {best_ckpt['epoch']}), fresh {phase.args.opt} optimizer")
+            optimizer = create_optimizer(_unwrap(model), phase.args)
+            # With --steps the schedule spans steps / iters_per_epoch (fractional) epochs: exactly the steps.
+            schedule_args = (
+                argparse.Namespace(**{**vars(phase.args), "epochs": args.steps / iters_per_epoch})
+                if args.steps
+                else phase.args
+            )
+            scheduler = create_scheduler(optimizer, schedule_args, iters_per_epoch)
+            if resumed_inside:
+                optimizer.load_state_dict(ckpt["optimizer"])
+                scheduler.load_state_dict(ckpt["scheduler"])
 
-            state = {
-                "version": CHECKPOINT_VERSION,
-                "arch": args.model,
-                "model_kwargs": model_kwargs,
-                "state_dict": _unwrap(model).state_dict(),
-                "pretrained_cfg": _plain(_unwrap(model).pretrained_cfg),
-                "class_names": classes,
-                "epoch": epoch + 1,
-                "phase": index,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "args": options,
-            }
-            eval_stats = None
-            if eval_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == phase.end):
-                if dist_info.is_main:  # the trained epoch is kept even if its evaluation fails
-                    metrics = _metrics(epoch, lr, train_stats, None, best, start)
-                    save_atomic(
-                        {**state, "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state()},
-                        out / "last.pth",
-                    )
-                eval_progress = Progress(show_progress, f"eval after epoch {epoch + 1}", args.log_interval)
-                eval_stats = evaluate(model, eval_loader, device, autocast, args.channels_last, eval_progress)
-            score = eval_stats["top1"] if eval_stats else train_stats["top1"]
-            is_best = best is None or score > best
-            if is_best:
-                best, best_epoch = score, epoch + 1
-            metrics = _metrics(epoch, lr, train_stats, eval_stats, best, start)
-            if dist_info.is_main:
-                checkpoint = {
-                    **state, "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state()
-                }  # fmt: skip
-                # Log, best, then last: a run killed between any two writes resumes from a consistent last.pth
-                # (log rows after its epoch are dropped on resume).
-                rows.append({k: ("" if v is None else v) for k, v in metrics.items()})
-                _write_log(out / "log.csv", rows)
-                if is_best:
-                    save_atomic(checkpoint, out / "best.pth")
-                save_atomic(checkpoint, out / "last.pth")
-            log(_epoch_line(metrics, args.epochs))
+            for epoch in range(max(start_epoch, phase.start), phase.end):
+                inside = epoch == start_epoch and start_step > 0  # resumed inside this epoch
+                step0, stats0 = (start_step, ckpt["epoch_stats"]) if inside else (0, None)
+                elapsed = ckpt.get("elapsed_s", 0.0) if inside else 0.0
+                start = time.perf_counter() - elapsed
+                training_data.set_epoch(epoch)
+                lr = ckpt["metrics"]["lr"] if inside else optimizer.param_groups[0]["lr"]
+
+                progress = Progress(show_progress, f"epoch {epoch + 1}/{args.epochs}", args.log_interval)
+                with signals.deferred():
+                    train_stats = train_one_epoch(
+                        model, optimizer, scheduler, training_data.batches_from(step0), device, phase.args,
+                        scaler, autocast, progress, first_step=epoch * iters_per_epoch, start_step=step0,
+                        stats=stats0, teacher=teacher, ema=ema,
+                        checkpoints=StepCheckpoints(
+                            interval_s, signals,
+                            functools.partial(save_inside, epoch, index, optimizer, scheduler, lr, start),
+                        ),
+                    )  # fmt: skip
+                evaluate_now = eval_loader is not None and (
+                    (epoch + 1) % args.eval_every == 0 or epoch + 1 == phase.end
+                )
+                state = training_state(epoch + 1, index, optimizer, scheduler)
+                finish_epoch(epoch, state, lr, train_stats, time.perf_counter() - start, evaluate_now)
     if metrics:
         log(
-            f"best top-1 {best:.2f} at epoch {best_epoch}; "
+            f"best top-1 {_fmt(best, '.2f')} at epoch {best_epoch}; "
             f"checkpoints in {out}/ (last.pth, best.pth), log {out}/log.csv"
         )
     return {"final": metrics, "best_top1": best, "best_epoch": best_epoch, "output": str(out)}
+
+
+def _model_ema(model: nn.Module, args: argparse.Namespace):
+    try:
+        from timm.utils import ModelEmaV3
+    except ImportError:
+        raise OptionError("--model-ema uses timm's ModelEmaV3: pip install 'compactnets[timm]'") from None
+    # Kept in float32 whatever the autocast: a bf16 average cannot hold updates of (1 - decay) x the weights.
+    return ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup, dtype=torch.float32)
+
+
+def _lr_scale(args: argparse.Namespace, world_size: int) -> float:
+    """``--lr-base-batch B``: the rates are given for batches of B images, scaled linearly to the global batch."""
+    return args.batch_size * world_size / args.lr_base_batch if args.lr_base_batch else 1.0
+
+
+def _levers_line(args: argparse.Namespace, world_size: int) -> str:
+    parts = []
+    if args.lr_base_batch:
+        scale = _lr_scale(args, world_size)
+        parts.append(f"lr {args.lr:g} x {scale:g} = {args.lr * scale:g} (batch {args.batch_size * world_size})")
+    if args.model_ema:
+        parts.append(f"EMA decay {args.model_ema_decay:g}{' with warm-up' if args.model_ema_warmup else ''}"
+                     " (evaluated and saved)")  # fmt: skip
+    if args.teacher:
+        parts.append(f"distilling from {args.teacher} (weight {args.distill_weight:g}, T {args.distill_temperature:g})")
+    if args.bn_reestimate:
+        parts.append(f"BN statistics re-estimated on {args.bn_reestimate} training images before each evaluation")
+    return "levers: " + "; ".join(parts) if parts else ""
 
 
 def _metrics(epoch: int, lr: float, train_stats: dict, eval_stats: dict | None, best, start: float) -> dict:

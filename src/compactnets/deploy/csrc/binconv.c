@@ -20,18 +20,38 @@
  * Dispatch. Each instruction-set path is a function compiled with __attribute__((target)) and chosen at run time
  * with __builtin_cpu_supports; nothing is built for the compiling machine's own CPU.
  */
+#define _GNU_SOURCE /* syscall, clock_gettime under -std=c11 */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define CN_X86 1
 #include <immintrin.h>
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/* AMX intrinsics need GCC 11 / clang 12; older compilers build everything else. */
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#define CN_AMX 1
+#endif
 #endif
 
-enum { CN_ISA_AUTO = 0, CN_ISA_PORTABLE = 1, CN_ISA_AVX2 = 2, CN_ISA_AVX512 = 3 };
-enum { CN_OUT_FLOAT = 0, CN_OUT_BITS = 1 };
+/* Plain loops (packing, pooling) compiled for AVX-512, AVX2 and baseline x86-64, the best picked when the library
+ * loads (an ifunc): still nothing built for the compiling machine's own CPU. */
+#if defined(CN_X86) && defined(__linux__) && !defined(__clang__)
+#define CN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CN_CLONES
+#endif
+
+/* CN_ISA_AMX: int8 AMX tiles on +-1 bytes (CN_FMT_INT8 input) instead of xor + popcount on bits. */
+enum { CN_ISA_AUTO = 0, CN_ISA_PORTABLE = 1, CN_ISA_AVX2 = 2, CN_ISA_AVX512 = 3, CN_ISA_AMX = 4 };
+/* CN_OUT_INT8: the next layer's input as +-1 bytes (for an AMX layer), inside a zero border of out_pad_h/w. */
+enum { CN_OUT_FLOAT = 0, CN_OUT_BITS = 1, CN_OUT_INT8 = 2 };
 #define CN_LANES 8   /* output channels are padded to a multiple of this in the weight layout */
 #define CN_BLOCK 32  /* output channels accumulated together */
 
@@ -55,10 +75,132 @@ typedef struct {
     const int32_t *out_order; /* bit j takes conv channel out_order[j] (a channel shuffle); NULL = identity */
     uint64_t *out_bits; /* [N, Ho, Wo, out_pix_words] */
     int64_t out_pix_words, out_groups, out_channels_per_group, out_group_words;
+    /* CN_OUT_INT8: [N, Ho + 2 * out_pad_h, Wo + 2 * out_pad_w, groups * out_per_group], border left untouched */
+    int8_t *out_int8;
+    int64_t out_pad_h, out_pad_w;
+    /* CN_ISA_AMX: `input` is int8 [N, H + 2 * pad_h, W + 2 * pad_w, groups * in_channels_per_group] with a zero
+     * border (the float model's zero padding of sign(x)) and 64 * (stride_w * channels + 1) readable bytes after
+     * it; `weight` holds int8 tiles [group][16 output channels][tap][64 input channels], see cn_amx_weight_bytes. */
+    /* Byte lengths of the buffers above from each pointer on, checked by cn_bconv (cn_bconv_ok). */
+    int64_t input_bytes, weight_bytes, correction_bytes, alpha_bytes, bias_bytes, threshold_bytes, threshold_sign_bytes,
+        out_order_bytes, out_bytes;
 } cn_bconv_args;
 
 typedef void (*block_fn)(const uint64_t *const *taps, int64_t ntaps, int64_t words, const uint64_t *weight,
                          int64_t out_pad, int64_t nvec, int32_t *acc);
+
+/* ---------------------------------------------------------------- thread pool ------------------------------------ */
+
+/* Persistent workers: starting threads per call cost tens of microseconds, as much as a whole small layer. A worker
+ * spins for CN_SPIN_NS after a job (the next layer's call comes within microseconds), then sleeps on a condition
+ * variable. One parallel call runs at a time; the caller takes part as index 0. `job` publishes a call as
+ * (sequence << 16 | count) in one atomic word, so a worker learns whether it takes part without reading fields
+ * that the next call may be rewriting. */
+typedef void (*cn_task_fn)(void *ctx, int index, int count);
+#define CN_MAX_WORKERS 256
+#define CN_SPIN_NS 100000L
+
+static struct {
+    pthread_mutex_t call, lock;
+    pthread_cond_t wake;
+    int started;
+    atomic_long job;
+    atomic_int pending;
+    cn_task_fn fn;
+    void *ctx;
+    long first_job[CN_MAX_WORKERS];
+} pool = {.call = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static inline void cn_relax(void) {
+#ifdef CN_X86
+    _mm_pause();
+#endif
+}
+
+static long cn_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static void *pool_worker(void *arg) {
+    int index = (int)(intptr_t)arg;
+    long seen = pool.first_job[index];
+    for (;;) {
+        long start = cn_now_ns(), job;
+        for (int spins = 0; (job = atomic_load_explicit(&pool.job, memory_order_acquire)) == seen; spins++) {
+            cn_relax();
+            if ((spins & 255) == 255 && cn_now_ns() - start > CN_SPIN_NS) {
+                pthread_mutex_lock(&pool.lock);
+                while ((job = atomic_load(&pool.job)) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+                pthread_mutex_unlock(&pool.lock);
+                break;
+            }
+        }
+        seen = job;
+        int count = (int)(job & 0xffff);
+        if (index < count) {
+            pool.fn(pool.ctx, index, count);
+            atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+        }
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) { /* the child has none of the parent's workers */
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    pool.call = m;
+    pool.lock = m;
+    pool.wake = c;
+    pool.started = 0;
+}
+
+static void pool_register_fork_handler(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
+
+/* fn(ctx, i, count) for every i in [0, count), on up to count threads; the caller runs the shares of workers that
+ * could not be started, so the work is always done. */
+static void cn_parallel(cn_task_fn fn, void *ctx, int count) {
+    if (count > CN_MAX_WORKERS) count = CN_MAX_WORKERS;
+    if (count <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, pool_register_fork_handler);
+    pthread_mutex_lock(&pool.call);
+    while (pool.started < count - 1) {
+        int index = pool.started + 1;
+        pthread_t id;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pool.first_job[index] = atomic_load(&pool.job);
+        int failed = pthread_create(&id, &attr, pool_worker, (void *)(intptr_t)index);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        pool.started++;
+    }
+    int workers = pool.started < count - 1 ? pool.started : count - 1;
+    pool.fn = fn;
+    pool.ctx = ctx;
+    atomic_store(&pool.pending, workers);
+    pthread_mutex_lock(&pool.lock);
+    long sequence = (atomic_load(&pool.job) >> 16) + 1;
+    atomic_store_explicit(&pool.job, sequence << 16 | count, memory_order_release);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    fn(ctx, 0, count);
+    for (int i = workers + 1; i < count; i++) fn(ctx, i, count);
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) cn_relax();
+    pthread_mutex_unlock(&pool.call);
+}
+
+/* [begin, end) of `total` items for share `index` of `count`. */
+static inline void cn_share(int64_t total, int index, int count, int64_t *begin, int64_t *end) {
+    *begin = total * index / count;
+    *end = total * (index + 1) / count;
+}
 
 /* ---------------------------------------------------------------- portable ---------------------------------------- */
 
@@ -157,8 +299,30 @@ __attribute__((target("avx512f,avx512vpopcntdq,avx512bw,avx512vl"))) static void
 }
 #endif
 
+#ifdef CN_AMX
+static int amx_tiles, amx_bf16;
+
+static void amx_probe(void) {
+    unsigned eax, ebx, ecx, edx;
+    int cpu = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx >> 24 & 1) && (edx >> 25 & 1);
+    /* Linux hands out the tile state on request only (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA). */
+    amx_tiles = cpu && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    amx_bf16 = amx_tiles && (edx >> 22 & 1);
+}
+
+/* int8 tiles (and, with bf16, bf16 tiles) usable by this process. */
+static int amx_available(int bf16) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, amx_probe);
+    return bf16 ? amx_bf16 : amx_tiles;
+}
+#endif
+
 int cn_isa_supported(int isa) {
     if (isa == CN_ISA_PORTABLE) return 1;
+#ifdef CN_AMX
+    if (isa == CN_ISA_AMX) return amx_available(0);
+#endif
 #ifdef CN_X86
     __builtin_cpu_init();
     if (isa == CN_ISA_AVX2) return __builtin_cpu_supports("avx2");
@@ -177,12 +341,6 @@ int cn_best_isa(void) {
 
 /* ---------------------------------------------------------------- driver (shared by all paths) -------------------- */
 
-typedef struct {
-    const cn_bconv_args *a;
-    int64_t begin, end; /* output pixels, flattened over (n, oh, ow) */
-    int status;
-} cn_work;
-
 /* 64 bytes of 0/1 -> one word (bit i = byte i), eight bytes at a time. */
 static inline uint64_t bytes_to_bits_portable(const uint8_t *b) {
     uint64_t word = 0;
@@ -194,8 +352,6 @@ static inline uint64_t bytes_to_bits_portable(const uint8_t *b) {
     return word;
 }
 
-/* The pixel loop, written once and specialised per path (always_inline into each target function below, so that
- * the block kernel is called directly and the per-channel epilogue is vectorised with that path's instructions). */
 typedef uint64_t (*bits_fn)(const uint8_t *b);
 
 #ifdef CN_X86
@@ -210,13 +366,106 @@ __attribute__((target("avx512f,avx512bw"))) static inline uint64_t bytes_to_bits
 }
 #endif
 
-static inline __attribute__((always_inline)) void pixel_loop(cn_work *work, block_fn block, bits_fn to_bits) {
-    const cn_bconv_args *a = work->a;
+/* Where a layer's signs go: the next layer's packed bits, or its +-1 bytes inside a zero border. */
+typedef struct {
+    int64_t mode; /* CN_OUT_BITS or CN_OUT_INT8 */
+    int64_t channels;
+    uint64_t *bits;
+    int64_t pix_words, groups, channels_per_group, group_words;
+    int8_t *bytes;
+    int64_t height, width, pad_h, pad_w; /* of the output, border excluded */
+} cn_signs_out;
+
+/* The bytes of output pixel (n, oh, ow) inside its border. */
+static inline int8_t *signs_bytes(const cn_signs_out *o, int64_t n, int64_t oh, int64_t ow) {
+    return o->bytes + ((n * (o->height + 2 * o->pad_h) + oh + o->pad_h) * (o->width + 2 * o->pad_w) + ow + o->pad_w) *
+                          o->channels;
+}
+
+/* Output pixel p = (n, oh, ow): channel j is -1 where negative[j] (64 readable bytes past the last channel). */
+static inline __attribute__((always_inline)) void store_signs(const cn_signs_out *o, const uint8_t *negative,
+                                                              int64_t p, int64_t n, int64_t oh, int64_t ow,
+                                                              bits_fn to_bits) {
+    if (o->mode == CN_OUT_INT8) {
+        int8_t *restrict out = signs_bytes(o, n, oh, ow);
+        const int64_t channels = o->channels; /* locals: a byte store could alias the struct's fields */
+        for (int64_t j = 0; j < channels; j++) out[j] = (int8_t)(1 - 2 * negative[j]);
+        return;
+    }
+    uint64_t *out = o->bits + p * o->pix_words;
+    for (int64_t og = 0; og < o->groups; og++) {
+        const uint8_t *neg = negative + og * o->channels_per_group;
+        for (int64_t w = 0; w < o->group_words; w++) {
+            uint64_t word = to_bits(neg + 64 * w);
+            int64_t valid = o->channels_per_group - 64 * w; /* the bytes past this group belong to the next one */
+            out[og * o->group_words + w] = valid >= 64 ? word : word & ((1ULL << valid) - 1);
+        }
+    }
+}
+
+static cn_signs_out signs_out(const cn_bconv_args *a) {
+    cn_signs_out o = {a->mode, a->groups * a->out_per_group, a->out_bits, a->out_pix_words, a->out_groups,
+                      a->out_channels_per_group, a->out_group_words, a->out_int8, a->out_height, a->out_width,
+                      a->out_pad_h, a->out_pad_w};
+    return o;
+}
+
+/* The epilogue of every path: output pixel p = (n, oh, ow) from its dot products. */
+static inline __attribute__((always_inline)) void write_pixel(const cn_bconv_args *a, const cn_signs_out *o,
+                                                              const int32_t *dot, int64_t p, int64_t n, int64_t oh,
+                                                              int64_t ow, uint8_t *negative, bits_fn to_bits) {
+    /* Locals: the stores below (bytes) could alias the struct's pointers, which would then be reloaded per channel
+     * and keep the loops from being vectorised. */
+    const int64_t cout = a->groups * a->out_per_group;
+    if (a->mode == CN_OUT_FLOAT) {
+        float *restrict out = a->out_float + p * cout;
+        const float *restrict alpha = a->alpha, *restrict bias = a->bias;
+        if (a->relu)
+            for (int64_t j = 0; j < cout; j++) {
+                float v = alpha[j] * (float)dot[j] + bias[j];
+                out[j] = v > 0.0f ? v : 0.0f;
+            }
+        else
+            for (int64_t j = 0; j < cout; j++) out[j] = alpha[j] * (float)dot[j] + bias[j];
+        return;
+    }
+    const int32_t *restrict sign = a->threshold_sign, *restrict threshold = a->threshold;
+    const int32_t *restrict order = a->out_order;
+    /* sign * dot for sign = +-1 (checked by cn_bconv_ok) as a conditional negation, (dot ^ m) - m with m = sign >> 1
+     * (0 or -1): cheaper than a vector multiply, which set the epilogue's pace */
+#define CN_SIGNED(j, d) ((((d) ^ (sign[j] >> 1)) - (sign[j] >> 1)))
+    if (o->mode == CN_OUT_INT8 && !order) { /* one pass */
+        int8_t *restrict out = signs_bytes(o, n, oh, ow);
+        for (int64_t j = 0; j < cout; j++) out[j] = CN_SIGNED(j, dot[j]) >= threshold[j] ? 1 : -1;
+        return;
+    }
+    uint8_t *restrict neg = negative;
+    if (order)
+        for (int64_t j = 0; j < cout; j++) neg[j] = CN_SIGNED(j, dot[order[j]]) < threshold[j];
+    else
+        for (int64_t j = 0; j < cout; j++) neg[j] = CN_SIGNED(j, dot[j]) < threshold[j];
+#undef CN_SIGNED
+    store_signs(o, negative, p, n, oh, ow, to_bits);
+}
+
+typedef struct {
+    const cn_bconv_args *a;
+    atomic_int status;
+} cn_call;
+
+/* The popcount pixel loop, written once and specialised per path (always_inline into each target function below,
+ * so that the block kernel is called directly and the epilogue is vectorised with that path's instructions). */
+static inline __attribute__((always_inline)) void pixel_loop(cn_call *call, int index, int count, block_fn block,
+                                                             bits_fn to_bits) {
+    const cn_bconv_args *a = call->a;
+    const cn_signs_out o = signs_out(a);
+    int64_t begin, end;
+    cn_share(a->batch * a->out_height * a->out_width, index, count, &begin, &end);
+    if (begin >= end) return;
     const int64_t ntaps = a->kernel_h * a->kernel_w;
     const int64_t cout = a->groups * a->out_per_group;
     const int64_t nvec = a->out_pad / CN_LANES;
     const int32_t full_k = (int32_t)(ntaps * a->in_channels_per_group);
-    const int64_t cpg = a->out_channels_per_group;
     const uint64_t **taps = malloc(sizeof(*taps) * (size_t)ntaps);
     const uint64_t **gtaps = malloc(sizeof(*gtaps) * (size_t)ntaps);
     uint64_t *zeros = calloc((size_t)a->in_pix_words, sizeof(uint64_t));
@@ -225,13 +474,13 @@ static inline __attribute__((always_inline)) void pixel_loop(cn_work *work, bloc
     uint8_t *negative = calloc((size_t)(cout + 64), 1); /* + 64: whole words read past the last channel */
     unsigned char *padded = malloc((size_t)ntaps);
     if (!taps || !gtaps || !zeros || !acc || !dot || !negative || !padded) {
-        work->status = -1;
+        atomic_store(&call->status, -1);
         goto done;
     }
     /* (n, oh, ow) of the first pixel, then stepped: no divisions per pixel */
-    int64_t ow = work->begin % a->out_width, oh = (work->begin / a->out_width) % a->out_height;
-    int64_t n = work->begin / (a->out_width * a->out_height);
-    for (int64_t p = work->begin; p < work->end; p++, ow++) {
+    int64_t ow = begin % a->out_width, oh = (begin / a->out_width) % a->out_height;
+    int64_t n = begin / (a->out_width * a->out_height);
+    for (int64_t p = begin; p < end; p++, ow++) {
         if (ow == a->out_width) {
             ow = 0;
             if (++oh == a->out_height) {
@@ -265,28 +514,7 @@ static inline __attribute__((always_inline)) void pixel_loop(cn_work *work, bloc
                     for (int64_t o = 0; o < a->out_per_group; o++) d[o] -= corr[o];
                 }
         }
-        if (a->mode == CN_OUT_FLOAT) {
-            float *out = a->out_float + p * cout;
-            for (int64_t j = 0; j < cout; j++) {
-                float v = a->alpha[j] * (float)dot[j] + a->bias[j];
-                out[j] = a->relu && !(v > 0.0f) ? 0.0f : v;
-            }
-        } else {
-            if (a->out_order)
-                for (int64_t j = 0; j < cout; j++)
-                    negative[j] = a->threshold_sign[j] * dot[a->out_order[j]] < a->threshold[j];
-            else
-                for (int64_t j = 0; j < cout; j++) negative[j] = a->threshold_sign[j] * dot[j] < a->threshold[j];
-            uint64_t *out = a->out_bits + p * a->out_pix_words;
-            for (int64_t og = 0; og < a->out_groups; og++) {
-                const uint8_t *neg = negative + og * cpg;
-                for (int64_t w = 0; w < a->out_group_words; w++) {
-                    uint64_t word = to_bits(neg + 64 * w);
-                    int64_t valid = cpg - 64 * w; /* the bytes past this group belong to the next one */
-                    out[og * a->out_group_words + w] = valid >= 64 ? word : word & ((1ULL << valid) - 1);
-                }
-            }
-        }
+        write_pixel(a, &o, dot, p, n, oh, ow, negative, to_bits);
     }
 done:
     free(taps);
@@ -298,66 +526,351 @@ done:
     free(padded);
 }
 
-static void *run_portable(void *w) {
-    pixel_loop((cn_work *)w, block_portable, bytes_to_bits_portable);
-    return NULL;
+static void task_portable(void *call, int index, int count) {
+    pixel_loop((cn_call *)call, index, count, block_portable, bytes_to_bits_portable);
 }
 #ifdef CN_X86
-__attribute__((target("avx2"))) static void *run_avx2(void *w) {
-    pixel_loop((cn_work *)w, block_avx2, bytes_to_bits_avx2);
-    return NULL;
+__attribute__((target("avx2"))) static void task_avx2(void *call, int index, int count) {
+    pixel_loop((cn_call *)call, index, count, block_avx2, bytes_to_bits_avx2);
 }
-__attribute__((target("avx512f,avx512vpopcntdq,avx512bw,avx512vl"))) static void *run_avx512(void *w) {
-    pixel_loop((cn_work *)w, block_avx512, bytes_to_bits_avx512);
-    return NULL;
+__attribute__((target("avx512f,avx512vpopcntdq,avx512bw,avx512vl"))) static void task_avx512(void *call, int index,
+                                                                                            int count) {
+    pixel_loop((cn_call *)call, index, count, block_avx512, bytes_to_bits_avx512);
 }
 #endif
 
-typedef void *(*run_fn)(void *);
+#ifdef CN_AMX
+/* ---------------------------------------------------------------- AMX (int8 tiles on +-1 bytes) ------------------ */
 
-static run_fn select_run(int isa) {
-#ifdef CN_X86
-    if (isa == CN_ISA_AVX512) return run_avx512;
-    if (isa == CN_ISA_AVX2) return run_avx2;
-#endif
-    return run_portable;
+/* +-1 products summed in int32 are exact, so a dot product of +-1 bytes gives the popcount paths' integers. A tile
+ * multiply (TDPBSSD) adds a 16 x 64 block of input bytes (16 output pixels, 64 input channels of one tap) times a
+ * 64 x 16 block of weights into 16 x 16 int32 sums. Padded taps read the zero border of the input buffer: 0, as in
+ * the float model, so no correction is needed. Four accumulators: 2 pixel tiles x 2 channel tiles. */
+typedef struct __attribute__((packed)) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} cn_tilecfg;
+
+/* Tiles along a conv's output: rows of M consecutive output pixels of one output row (their inputs lie stride_w
+ * pixels apart), or, for a 1x1 conv with stride 1 and no padding, 16 consecutive pixels of the whole batch. Rows
+ * past the end of a row or of the batch are computed from whatever follows in the buffer and dropped. */
+typedef struct {
+    int flat;
+    int64_t m, per_row, count, row_stride; /* rows per tile, tiles per output row, tiles, bytes between rows */
+} cn_tiling;
+
+static cn_tiling amx_tiling(const cn_bconv_args *a, int64_t pixel_bytes) {
+    cn_tiling t;
+    t.flat = a->kernel_h == 1 && a->kernel_w == 1 && a->stride_h == 1 && a->stride_w == 1 && a->pad_h == 0 &&
+             a->pad_w == 0;
+    if (t.flat) {
+        t.m = 16;
+        t.per_row = 0;
+        t.count = (a->batch * a->out_height * a->out_width + 15) / 16;
+        t.row_stride = pixel_bytes;
+    } else {
+        t.m = a->out_width < 16 ? a->out_width : 16;
+        t.per_row = (a->out_width + t.m - 1) / t.m;
+        t.count = a->batch * a->out_height * t.per_row;
+        t.row_stride = a->stride_w * pixel_bytes;
+    }
+    return t;
 }
 
-/* Returns 0 on success, -1 when memory ran out, -2 for an instruction set this CPU lacks, -3 for bad arguments,
- * -4 when a thread could not be started. */
+/* First output pixel (n, oh, ow) of tile i and the offset of its window's first input pixel (in pixels). */
+static inline void tile_origin(const cn_tiling *t, const cn_bconv_args *a, int64_t i, int64_t *n, int64_t *oh,
+                               int64_t *ow, int64_t *in_pixel) {
+    const int64_t hp = a->height + 2 * a->pad_h, wp = a->width + 2 * a->pad_w;
+    if (t->flat) {
+        int64_t q = i * 16;
+        *ow = q % a->out_width;
+        *oh = (q / a->out_width) % a->out_height;
+        *n = q / (a->out_width * a->out_height);
+        *in_pixel = q;
+    } else {
+        int64_t r = i / t->per_row;
+        *ow = (i % t->per_row) * t->m;
+        *oh = r % a->out_height;
+        *n = r / a->out_height;
+        *in_pixel = (*n * hp + *oh * a->stride_h) * wp + *ow * a->stride_w;
+    }
+}
+
+/* The output pixels of tile i: the first one's (n, oh, ow) and flat index p, and how many of its rows exist; the
+ * others follow in order (next_pixel), with no division per pixel. */
+static inline int64_t tile_pixels(const cn_tiling *t, const cn_bconv_args *a, int64_t i, int64_t *n, int64_t *oh,
+                                  int64_t *ow, int64_t *p) {
+    int64_t in_pixel, rows;
+    if (t->flat) {
+        int64_t q = i * 16, total = a->batch * a->out_height * a->out_width;
+        *ow = q % a->out_width;
+        *oh = (q / a->out_width) % a->out_height;
+        *n = q / (a->out_width * a->out_height);
+        rows = total - q < 16 ? total - q : 16;
+    } else {
+        tile_origin(t, a, i, n, oh, ow, &in_pixel);
+        rows = a->out_width - *ow < t->m ? a->out_width - *ow : t->m;
+    }
+    *p = (*n * a->out_height + *oh) * a->out_width + *ow;
+    return rows;
+}
+
+static inline void next_pixel(const cn_bconv_args *a, int64_t *n, int64_t *oh, int64_t *ow, int64_t *p) {
+    ++*p;
+    if (++*ow == a->out_width) {
+        *ow = 0;
+        if (++*oh == a->out_height) {
+            *oh = 0;
+            ++*n;
+        }
+    }
+}
+
+/* Units of two pixel tiles are taken in blocks whose sums fit in L2 (CN_AMX_BLOCK_BYTES); per block, each pair of
+ * output-channel tiles runs over all of the block's pixels while its weights stay in L1, then the epilogue. */
+#define CN_AMX_BLOCK_BYTES (128 * 1024)
+
+static int64_t amx_block_units(int64_t unit_pixels, int64_t sums_width) {
+    int64_t units = CN_AMX_BLOCK_BYTES / (unit_pixels * sums_width * 4);
+    return units < 1 ? 1 : units > 64 ? 64 : units;
+}
+
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq"))) static void task_amx(void *c,
+                                                                                                   int index,
+                                                                                                   int count) {
+    cn_call *call = c;
+    const cn_bconv_args *a = call->a;
+    const cn_signs_out o = signs_out(a);
+    const int64_t channels = a->groups * a->in_channels_per_group; /* bytes per input pixel */
+    const cn_tiling t = amx_tiling(a, channels);
+    int64_t begin, end;
+    cn_share((t.count + 1) / 2, index, count, &begin, &end);
+    if (begin >= end) return;
+    const int64_t ntaps = a->kernel_h * a->kernel_w, kblocks = (a->in_channels_per_group + 63) / 64;
+    const int64_t nblocks = (a->out_per_group + 15) / 16, cout = a->groups * a->out_per_group;
+    const int64_t sums_width = a->groups * nblocks * 16; /* int32 per pixel row of `sums` */
+    const int64_t unit_pixels = 2 * t.m, block_units = amx_block_units(unit_pixels, sums_width);
+    const int64_t wp = a->width + 2 * a->pad_w;
+    const int8_t *input = (const int8_t *)a->input, *weight = (const int8_t *)a->weight;
+    int64_t *tap_offset = malloc(sizeof(int64_t) * (size_t)ntaps);
+    int64_t *origin = malloc(sizeof(int64_t) * (size_t)(2 * block_units));
+    int32_t *sums = aligned_alloc(64, sizeof(int32_t) * (size_t)(block_units * unit_pixels * sums_width));
+    int32_t *dot = malloc(sizeof(int32_t) * (size_t)cout);
+    uint8_t *negative = calloc((size_t)(cout + 64), 1);
+    if (!tap_offset || !origin || !sums || !dot || !negative) {
+        atomic_store(&call->status, -1);
+        goto done;
+    }
+    for (int64_t kh = 0; kh < a->kernel_h; kh++)
+        for (int64_t kw = 0; kw < a->kernel_w; kw++)
+            tap_offset[kh * a->kernel_w + kw] = (kh * a->dilation_h * wp + kw * a->dilation_w) * channels;
+    cn_tilecfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        cfg.colsb[i] = 64;
+        cfg.rows[i] = (uint8_t)(i < 6 ? t.m : 16); /* tmm0-3 sums, tmm4-5 inputs: m rows; tmm6-7 weights: 16 */
+    }
+    _tile_loadconfig(&cfg);
+    const int64_t wtile = 1024, wblock = ntaps * kblocks * wtile; /* bytes per tile, per 16 output channels */
+    const size_t sums_stride = sizeof(int32_t) * (size_t)sums_width;
+    const int dense = a->groups == 1 || a->out_per_group % 16 == 0; /* sums rows are the dot products as they are */
+    for (int64_t b0 = begin; b0 < end; b0 += block_units) {
+        const int64_t b1 = b0 + block_units < end ? b0 + block_units : end;
+        for (int64_t u = b0; u < b1; u++)
+            for (int64_t i = 0; i < 2 && 2 * u + i < t.count; i++) {
+                int64_t n, oh, ow;
+                tile_origin(&t, a, 2 * u + i, &n, &oh, &ow, &origin[2 * (u - b0) + i]);
+            }
+        for (int64_t g = 0; g < a->groups; g++)
+            for (int64_t nb = 0; nb < nblocks; nb += 2) {
+                const int two_ch = nb + 1 < nblocks;
+                const int8_t *w0 = weight + (g * nblocks + nb) * wblock;
+                for (int64_t u = b0; u < b1; u++) {
+                    const int two = 2 * u + 1 < t.count;
+                    const int8_t *base0 = input + origin[2 * (u - b0)] * channels + g * a->in_channels_per_group;
+                    const int8_t *base1 = input + origin[2 * (u - b0) + two] * channels + g * a->in_channels_per_group;
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    for (int64_t tap = 0; tap < ntaps; tap++)
+                        for (int64_t kb = 0; kb < kblocks; kb++) {
+                            const int64_t off = tap_offset[tap] + kb * 64;
+                            const int8_t *w = w0 + (tap * kblocks + kb) * wtile;
+                            _tile_loadd(4, base0 + off, t.row_stride);
+                            _tile_loadd(6, w, 64);
+                            _tile_dpbssd(0, 4, 6);
+                            if (two_ch) {
+                                _tile_loadd(7, w + wblock, 64);
+                                _tile_dpbssd(1, 4, 7);
+                            }
+                            if (two) {
+                                _tile_loadd(5, base1 + off, t.row_stride);
+                                _tile_dpbssd(2, 5, 6);
+                                if (two_ch) _tile_dpbssd(3, 5, 7);
+                            }
+                        }
+                    int32_t *s0 = sums + (u - b0) * unit_pixels * sums_width + (g * nblocks + nb) * 16;
+                    int32_t *s1 = s0 + t.m * sums_width;
+                    _tile_stored(0, s0, sums_stride);
+                    if (two_ch) _tile_stored(1, s0 + 16, sums_stride);
+                    if (two) {
+                        _tile_stored(2, s1, sums_stride);
+                        if (two_ch) _tile_stored(3, s1 + 16, sums_stride);
+                    }
+                }
+            }
+        for (int64_t u = b0; u < b1; u++)
+            for (int64_t i = 0; i < 2 && 2 * u + i < t.count; i++) {
+                int64_t n, oh, ow, p, rows = tile_pixels(&t, a, 2 * u + i, &n, &oh, &ow, &p);
+                for (int64_t r = 0; r < rows; r++, next_pixel(a, &n, &oh, &ow, &p)) {
+                    const int32_t *row = sums + ((u - b0) * unit_pixels + i * t.m + r) * sums_width;
+                    if (!dense)
+                        for (int64_t g = 0; g < a->groups; g++)
+                            memcpy(dot + g * a->out_per_group, row + g * nblocks * 16,
+                                   sizeof(int32_t) * (size_t)a->out_per_group);
+                    write_pixel(a, &o, dense ? row : dot, p, n, oh, ow, negative, bytes_to_bits_avx512);
+                }
+            }
+    }
+    _tile_release();
+done:
+    free(tap_offset);
+    free(origin);
+    free(sums);
+    free(dot);
+    free(negative);
+}
+
+/* Bytes of the AMX weight tiles of a conv: [group][16 output channels][tap][64 input channels] tiles of 16 rows x 64
+ * bytes, row r holding input channels 4r..4r+3 of each of the 16 output channels (zeros past the group's). */
+int64_t cn_amx_weight_bytes(int64_t groups, int64_t out_per_group, int64_t taps, int64_t in_per_group) {
+    return groups * ((out_per_group + 15) / 16) * taps * ((in_per_group + 63) / 64) * 1024;
+}
+#endif
+
+/* ---------------------------------------------------------------- argument checks -------------------------------- */
+
+/* Every entry point checks its sizes against the byte lengths of the buffers it is handed (`*_bytes`: readable, or
+ * writable, from the pointer on) and returns -3 where they do not fit: whatever its arguments, no call reads or
+ * writes outside its buffers. The packed runner checks its files first (packed_format.py); these checks keep the
+ * native code safe when it is called wrongly. At most O(channels) per call, before the pixel loops. */
+#define CN_MAX_SIZE (INT64_C(1) << 24) /* any one size, channel count or geometry value */
+#define CN_COUNT(...) ((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
+#define CN_ALL_IN(low, ...) cn_all_in(CN_COUNT(__VA_ARGS__), (const int64_t[]){__VA_ARGS__}, low)
+#define CN_PRODUCT(...) cn_product(CN_COUNT(__VA_ARGS__), (const int64_t[]){__VA_ARGS__})
+
+static inline int cn_in(int64_t v, int64_t low) { return v >= low && v <= CN_MAX_SIZE; }
+
+static int cn_all_in(int n, const int64_t *values, int64_t low) {
+    for (int i = 0; i < n; i++)
+        if (!cn_in(values[i], low)) return 0;
+    return 1;
+}
+
+/* The product of n factors; -1 when one is negative or the product overflows. */
+static int64_t cn_product(int n, const int64_t *factors) {
+    int64_t p = 1;
+    for (int i = 0; i < n; i++)
+        if (factors[i] < 0 || __builtin_mul_overflow(p, factors[i], &p)) return -1;
+    return p;
+}
+
+/* `need` bytes (negative: the size overflowed) fit in a buffer of `have`. */
+static inline int cn_fits(int64_t need, int64_t have) { return need >= 0 && need <= have; }
+
+/* A window's output size (PyTorch's floor rule; 0 when it does not fit), for arguments within CN_MAX_SIZE. */
+static inline int64_t cn_window(int64_t size, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+    int64_t span = size + 2 * pad - dilation * (kernel - 1) - 1;
+    return span < 0 ? 0 : span / stride + 1;
+}
+
+/* `batch` images of signs (bits or bytes inside their border) fit a buffer of `bytes`. */
+static int cn_signs_ok(const cn_signs_out *o, int64_t batch, int64_t bytes) {
+    if (!cn_in(batch, 0) || !CN_ALL_IN(1, o->channels, o->height, o->width)) return 0;
+    if (o->mode == CN_OUT_INT8)
+        return o->bytes && CN_ALL_IN(0, o->pad_h, o->pad_w) &&
+               cn_fits(CN_PRODUCT(batch, o->height + 2 * o->pad_h, o->width + 2 * o->pad_w, o->channels), bytes);
+    return o->mode == CN_OUT_BITS && o->bits && CN_ALL_IN(1, o->groups, o->channels_per_group) &&
+           o->groups * o->channels_per_group == o->channels && o->group_words == (o->channels_per_group + 63) / 64 &&
+           cn_in(o->pix_words, o->groups * o->group_words) &&
+           cn_fits(CN_PRODUCT(batch, o->height, o->width, o->pix_words, 8), bytes);
+}
+
+/* cn_bconv's arguments against the byte lengths of its buffers. */
+static int cn_bconv_ok(const cn_bconv_args *a, int isa) {
+    if (!a->input || !a->weight || !cn_in(a->batch, 0) || !CN_ALL_IN(0, a->pad_h, a->pad_w) ||
+        !CN_ALL_IN(1, a->height, a->width, a->groups, a->in_channels_per_group, a->out_per_group, a->kernel_h,
+                   a->kernel_w, a->stride_h, a->stride_w, a->dilation_h, a->dilation_w, a->out_height, a->out_width))
+        return 0;
+    if (a->out_height != cn_window(a->height, a->kernel_h, a->stride_h, a->pad_h, a->dilation_h) ||
+        a->out_width != cn_window(a->width, a->kernel_w, a->stride_w, a->pad_w, a->dilation_w))
+        return 0;
+    const int64_t taps = a->kernel_h * a->kernel_w, cout = a->groups * a->out_per_group;
+    const int64_t channels = a->groups * a->in_channels_per_group;
+    if (taps > CN_MAX_SIZE || taps * a->in_channels_per_group > CN_MAX_SIZE) return 0; /* sums far inside int32 */
+    if (isa == CN_ISA_AMX) { /* bytes inside the padding border, then the slack of the last tile's rows */
+        int64_t image = CN_PRODUCT(a->batch, a->height + 2 * a->pad_h, a->width + 2 * a->pad_w, channels);
+        if (image < 0 || !cn_fits(image + (16 * a->stride_w + 1) * channels + 64, a->input_bytes) ||
+            !cn_fits(CN_PRODUCT(a->groups, (a->out_per_group + 15) / 16, taps, (a->in_channels_per_group + 63) / 64,
+                                1024),
+                     a->weight_bytes))
+            return 0;
+    } else if (!a->correction || a->group_words != (a->in_channels_per_group + 63) / 64 ||
+               !cn_in(a->in_pix_words, a->groups * a->group_words) || a->out_pad % CN_LANES ||
+               !cn_in(a->out_pad, a->out_per_group) ||
+               !cn_fits(CN_PRODUCT(a->batch, a->height, a->width, a->in_pix_words, 8), a->input_bytes) ||
+               !cn_fits(CN_PRODUCT(a->groups, taps, a->group_words, a->out_pad, 8), a->weight_bytes) ||
+               !cn_fits(CN_PRODUCT(a->groups, taps, a->out_per_group, 4), a->correction_bytes)) {
+        return 0;
+    }
+    if (a->mode == CN_OUT_FLOAT)
+        return a->alpha && a->bias && a->out_float && cn_fits(4 * cout, a->alpha_bytes) &&
+               cn_fits(4 * cout, a->bias_bytes) &&
+               cn_fits(CN_PRODUCT(a->batch, a->out_height, a->out_width, cout, 4), a->out_bytes);
+    const cn_signs_out o = signs_out(a);
+    if (!a->threshold || !a->threshold_sign || !cn_fits(4 * cout, a->threshold_bytes) ||
+        !cn_fits(4 * cout, a->threshold_sign_bytes) || !cn_signs_ok(&o, a->batch, a->out_bytes))
+        return 0;
+    for (int64_t j = 0; j < cout; j++) /* +-1: sign * dot cannot overflow */
+        if (a->threshold_sign[j] != 1 && a->threshold_sign[j] != -1) return 0;
+    if (a->out_order) {
+        if (!cn_fits(4 * cout, a->out_order_bytes)) return 0;
+        for (int64_t j = 0; j < cout; j++)
+            if (a->out_order[j] < 0 || a->out_order[j] >= cout) return 0;
+    }
+    return 1;
+}
+
+typedef void (*task_fn)(void *, int, int);
+
+static task_fn select_task(int isa) {
+#ifdef CN_X86
+    if (isa == CN_ISA_AVX512) return task_avx512;
+    if (isa == CN_ISA_AVX2) return task_avx2;
+#endif
+#ifdef CN_AMX
+    if (isa == CN_ISA_AMX) return task_amx;
+#endif
+    return task_portable;
+}
+
+/* Returns 0 on success, -1 when memory ran out, -2 for an instruction set this CPU lacks, -3 for bad arguments. */
 int cn_bconv(const cn_bconv_args *a, int isa, int threads) {
     if (isa == CN_ISA_AUTO) isa = cn_best_isa();
     if (!cn_isa_supported(isa)) return -2;
-    if (a->out_pad % CN_LANES || a->out_pad < a->out_per_group) return -3;
+    if (!cn_bconv_ok(a, isa)) return -3;
+    if (isa != CN_ISA_AMX && (a->out_pad % CN_LANES || a->out_pad < a->out_per_group)) return -3;
     if (a->mode == CN_OUT_BITS && a->out_groups * a->out_channels_per_group != a->groups * a->out_per_group) return -3;
+    if (a->mode == CN_OUT_INT8 && (a->out_pad_h < 0 || a->out_pad_w < 0)) return -3;
     int64_t total = a->batch * a->out_height * a->out_width;
     if (threads < 1) threads = 1;
     if (threads > total) threads = (int)(total > 0 ? total : 1);
-    cn_work *works = calloc((size_t)threads, sizeof(cn_work));
-    pthread_t *ids = calloc((size_t)threads, sizeof(pthread_t));
-    if (!works || !ids) {
-        free(works);
-        free(ids);
-        return -1;
-    }
-    run_fn run = select_run(isa);
-    for (int i = 0; i < threads; i++) {
-        works[i].a = a;
-        works[i].begin = total * i / threads;
-        works[i].end = total * (i + 1) / threads;
-    }
-    int status = 0, started = 0;
-    for (int i = 1; i < threads; i++, started++)
-        if (pthread_create(&ids[i], NULL, run, &works[i]) != 0) {
-            status = -4;
-            break;
-        }
-    run(&works[0]);
-    for (int i = 1; i <= started; i++) pthread_join(ids[i], NULL);
-    for (int i = 0; i < threads && !status; i++) status = works[i].status;
-    free(works);
-    free(ids);
-    return status;
+    cn_call call = {a, 0};
+    cn_parallel(select_task(isa), &call, threads);
+    return atomic_load(&call.status);
 }
 
 /* ---------------------------------------------------------------- packing and pooling on bits ------------------- */
@@ -429,12 +942,20 @@ __attribute__((target("avx512f"))) static void pack_row_avx512(const float *x, c
 #endif
 
 /* Channels-last floats [npix, groups * channels_per_group] -> packed bits [npix, pix_words]; `sign` and `threshold`
- * ([channels], floats) may be NULL. */
+ * ([channels], floats) may be NULL. The `*_bytes`: the buffers' byte lengths. */
 int cn_pack_signs(const float *x, int64_t npix, int64_t groups, int64_t channels_per_group, int64_t group_words,
-                  int64_t pix_words, const float *sign, const float *threshold, uint64_t *out, int isa) {
+                  int64_t pix_words, const float *sign, const float *threshold, uint64_t *out, int isa,
+                  int64_t x_bytes, int64_t sign_bytes, int64_t threshold_bytes, int64_t out_bytes) {
     if (isa == CN_ISA_AUTO) isa = cn_best_isa();
     if (!cn_isa_supported(isa)) return -2;
     if (!sign != !threshold) return -3;
+    if (!x || !out || npix < 0 || !CN_ALL_IN(1, groups, channels_per_group) ||
+        group_words != (channels_per_group + 63) / 64 || !cn_in(pix_words, groups * group_words) ||
+        !cn_fits(CN_PRODUCT(npix, groups, channels_per_group, 4), x_bytes) ||
+        !cn_fits(CN_PRODUCT(npix, pix_words, 8), out_bytes) ||
+        (threshold && (!cn_fits(4 * groups * channels_per_group, sign_bytes) ||
+                       !cn_fits(4 * groups * channels_per_group, threshold_bytes))))
+        return -3;
     pack_fn pack = pack_row_portable;
 #ifdef CN_X86
     if (isa == CN_ISA_AVX512) pack = pack_row_avx512;
@@ -459,7 +980,15 @@ int cn_pack_signs(const float *x, int64_t npix, int64_t groups, int64_t channels
  * first kind. Padded positions never win a max and are skipped. */
 int cn_bit_maxpool(const uint64_t *in, int64_t batch, int64_t height, int64_t width, int64_t pix_words,
                    const uint64_t *and_mask, int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w,
-                   int64_t pad_h, int64_t pad_w, int64_t out_height, int64_t out_width, uint64_t *out) {
+                   int64_t pad_h, int64_t pad_w, int64_t out_height, int64_t out_width, uint64_t *out,
+                   int64_t in_bytes, int64_t and_mask_bytes, int64_t out_bytes) {
+    if (!in || !and_mask || !out || !CN_ALL_IN(0, batch, pad_h, pad_w) ||
+        !CN_ALL_IN(1, height, width, pix_words, kernel_h, kernel_w, stride_h, stride_w) ||
+        out_height != cn_window(height, kernel_h, stride_h, pad_h, 1) ||
+        out_width != cn_window(width, kernel_w, stride_w, pad_w, 1) ||
+        !cn_fits(CN_PRODUCT(batch, height, width, pix_words, 8), in_bytes) || !cn_fits(8 * pix_words, and_mask_bytes) ||
+        !cn_fits(CN_PRODUCT(batch, out_height, out_width, pix_words, 8), out_bytes))
+        return -3;
     for (int64_t n = 0; n < batch; n++)
         for (int64_t oh = 0; oh < out_height; oh++)
             for (int64_t ow = 0; ow < out_width; ow++) {
@@ -477,5 +1006,546 @@ int cn_bit_maxpool(const uint64_t *in, int64_t batch, int64_t height, int64_t wi
                 }
                 for (int64_t w = 0; w < pix_words; w++) o[w] ^= and_mask[w];
             }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- +-1 bytes (inputs of the AMX path) ------------- */
+
+typedef struct {
+    const float *x;
+    int64_t npix, channels;
+    const float *sign, *threshold;
+    cn_signs_out out;
+} cn_pack_call;
+
+CN_CLONES static void task_pack_int8(void *c, int index, int count) {
+    const cn_pack_call *k = c;
+    const cn_signs_out *o = &k->out;
+    int64_t begin, end;
+    cn_share(k->npix, index, count, &begin, &end);
+    /* locals: a byte store could alias the struct's fields (no vectorisation, reloads per channel) */
+    const int64_t channels = k->channels;
+    const float *restrict sign = k->sign, *restrict threshold = k->threshold;
+    for (int64_t p = begin; p < end; p++) {
+        const float *restrict x = k->x + p * channels;
+        int64_t ow = p % o->width, oh = (p / o->width) % o->height, n = p / (o->width * o->height);
+        int8_t *restrict out = signs_bytes(o, n, oh, ow);
+        if (threshold)
+            for (int64_t j = 0; j < channels; j++) out[j] = sign[j] * x[j] >= threshold[j] ? 1 : -1;
+        else
+            for (int64_t j = 0; j < channels; j++) out[j] = x[j] > 0.0f ? 1 : -1;
+    }
+}
+
+/* Channels-last floats [N, H, W, C] -> +-1 bytes [N, H + 2 * pad_h, W + 2 * pad_w, C] (the border is not written),
+ * -1 where !(x > 0), or with per-channel `sign` and `threshold`, where !(sign * x >= threshold), as cn_pack_signs. */
+int cn_pack_signs_int8(const float *x, int64_t batch, int64_t height, int64_t width, int64_t channels,
+                       const float *sign, const float *threshold, int8_t *out, int64_t pad_h, int64_t pad_w,
+                       int threads, int64_t x_bytes, int64_t sign_bytes, int64_t threshold_bytes, int64_t out_bytes) {
+    if (!sign != !threshold || pad_h < 0 || pad_w < 0) return -3;
+    if (!x || !out || !CN_ALL_IN(0, batch, pad_h, pad_w) || !CN_ALL_IN(1, height, width, channels) ||
+        !cn_fits(CN_PRODUCT(batch, height, width, channels, 4), x_bytes) ||
+        !cn_fits(CN_PRODUCT(batch, height + 2 * pad_h, width + 2 * pad_w, channels), out_bytes) ||
+        (threshold && (!cn_fits(4 * channels, sign_bytes) || !cn_fits(4 * channels, threshold_bytes))))
+        return -3;
+    cn_pack_call k = {x, batch * height * width, channels, sign, threshold,
+                      {CN_OUT_INT8, channels, NULL, 0, 0, 0, 0, out, height, width, pad_h, pad_w}};
+    cn_parallel(task_pack_int8, &k, threads < 1 ? 1 : threads);
+    return 0;
+}
+
+CN_CLONES static void maxpool_int8_loop(const uint8_t *src, int64_t batch, int64_t height, int64_t width,
+                                        int64_t channels, const uint8_t *restrict m, int64_t kernel_h, int64_t kernel_w,
+                                        int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                                        int64_t out_height, int64_t out_width, uint8_t *out, int64_t out_pad_h,
+                                        int64_t out_pad_w) {
+    /* restrict: input, mask and output bytes do not overlap (vectorised) */
+    for (int64_t n = 0; n < batch; n++)
+        for (int64_t oh = 0; oh < out_height; oh++)
+            for (int64_t ow = 0; ow < out_width; ow++) {
+                uint8_t *restrict o = out + ((n * (out_height + 2 * out_pad_h) + oh + out_pad_h) *
+                                                 (out_width + 2 * out_pad_w) + ow + out_pad_w) * channels;
+                for (int64_t c = 0; c < channels; c++) o[c] = 0;
+                for (int64_t kh = 0; kh < kernel_h; kh++) {
+                    int64_t ih = oh * stride_h - pad_h + kh;
+                    if (ih < 0 || ih >= height) continue;
+                    for (int64_t kw = 0; kw < kernel_w; kw++) {
+                        int64_t iw = ow * stride_w - pad_w + kw;
+                        if (iw < 0 || iw >= width) continue;
+                        const uint8_t *restrict i = src + ((n * height + ih) * width + iw) * channels;
+                        for (int64_t c = 0; c < channels; c++) o[c] |= i[c] ^ m[c];
+                    }
+                }
+                for (int64_t c = 0; c < channels; c++) o[c] ^= m[c];
+            }
+}
+
+/* Max pooling of +-1 bytes, as cn_bit_maxpool on bits: channel c is the max of its window where mask[c] is 0xfe
+ * (the ops up to the next sign are non-decreasing there) and the min where it is 0, computed as the OR of
+ * (x ^ mask), ^ mask: +1 (0x01) and -1 (0xff) differ in bits 1-7 only. Padded positions are skipped. The output
+ * goes inside a zero border of out_pad_h/w (the next conv's padding). */
+typedef struct {
+    const uint8_t *in, *mask;
+    int64_t batch, height, width, channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
+    int64_t out_height, out_width, out_pad_h, out_pad_w;
+    uint8_t *out;
+} cn_maxpool_call;
+
+static void task_maxpool_int8(void *c, int index, int count) { /* images [begin, end) */
+    const cn_maxpool_call *k = c;
+    int64_t begin, end;
+    cn_share(k->batch, index, count, &begin, &end);
+    const int64_t image = k->height * k->width * k->channels;
+    const int64_t out_image = (k->out_height + 2 * k->out_pad_h) * (k->out_width + 2 * k->out_pad_w) * k->channels;
+    if (begin < end)
+        maxpool_int8_loop(k->in + begin * image, end - begin, k->height, k->width, k->channels, k->mask, k->kernel_h,
+                          k->kernel_w, k->stride_h, k->stride_w, k->pad_h, k->pad_w, k->out_height, k->out_width,
+                          k->out + begin * out_image, k->out_pad_h, k->out_pad_w);
+}
+
+int cn_maxpool_int8(const int8_t *in, int64_t batch, int64_t height, int64_t width, int64_t channels,
+                    const uint8_t *mask, int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w,
+                    int64_t pad_h, int64_t pad_w, int64_t out_height, int64_t out_width, int8_t *out,
+                    int64_t out_pad_h, int64_t out_pad_w, int64_t in_bytes, int64_t mask_bytes, int64_t out_bytes,
+                    int threads) {
+    if (!in || !mask || !out || !CN_ALL_IN(0, batch, pad_h, pad_w, out_pad_h, out_pad_w) ||
+        !CN_ALL_IN(1, height, width, channels, kernel_h, kernel_w, stride_h, stride_w) ||
+        out_height != cn_window(height, kernel_h, stride_h, pad_h, 1) ||
+        out_width != cn_window(width, kernel_w, stride_w, pad_w, 1) ||
+        !cn_fits(CN_PRODUCT(batch, height, width, channels), in_bytes) || !cn_fits(channels, mask_bytes) ||
+        !cn_fits(CN_PRODUCT(batch, out_height + 2 * out_pad_h, out_width + 2 * out_pad_w, channels), out_bytes))
+        return -3;
+    cn_maxpool_call k = {(const uint8_t *)in, mask, batch, height, width, channels, kernel_h, kernel_w, stride_h,
+                         stride_w, pad_h, pad_w, out_height, out_width, out_pad_h, out_pad_w, (uint8_t *)out};
+    cn_parallel(task_maxpool_int8, &k, threads < 1 ? 1 : threads);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- average pooling into signs ------------------- */
+
+typedef struct {
+    const float *x;
+    int64_t batch, height, width, channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
+    int64_t count_include_pad, divisor_override;
+    const float *sign, *threshold;
+    cn_signs_out out;
+    atomic_int status;
+} cn_avgpool_call;
+
+CN_CLONES static void task_avgpool_pack(void *c, int index, int count) {
+    cn_avgpool_call *k = c;
+    const cn_signs_out *o = &k->out;
+    int64_t begin, end;
+    cn_share(k->batch * o->height * o->width, index, count, &begin, &end);
+    float *sum = malloc(sizeof(float) * (size_t)k->channels);
+    uint8_t *negative = calloc((size_t)(k->channels + 64), 1);
+    if (!sum || !negative) {
+        atomic_store(&k->status, -1);
+        goto done;
+    }
+    for (int64_t p = begin; p < end; p++) {
+        int64_t ow = p % o->width, oh = (p / o->width) % o->height, n = p / (o->width * o->height);
+        /* torch's avg_pool2d: the window clipped to the padded input gives pool_size, then to the input */
+        int64_t h0 = oh * k->stride_h - k->pad_h, w0 = ow * k->stride_w - k->pad_w;
+        int64_t h1 = h0 + k->kernel_h < k->height + k->pad_h ? h0 + k->kernel_h : k->height + k->pad_h;
+        int64_t w1 = w0 + k->kernel_w < k->width + k->pad_w ? w0 + k->kernel_w : k->width + k->pad_w;
+        int64_t pool_size = (h1 - h0) * (w1 - w0);
+        h0 = h0 > 0 ? h0 : 0;
+        w0 = w0 > 0 ? w0 : 0;
+        h1 = h1 < k->height ? h1 : k->height;
+        w1 = w1 < k->width ? w1 : k->width;
+        int64_t divide = k->divisor_override ? k->divisor_override
+                                             : (k->count_include_pad ? pool_size : (h1 - h0) * (w1 - w0));
+        const int64_t channels = k->channels; /* locals: the byte stores below could alias the struct */
+        const float *restrict sign = k->sign, *restrict threshold = k->threshold;
+        float *restrict total = sum;
+        uint8_t *restrict neg = negative;
+        for (int64_t j = 0; j < channels; j++) total[j] = 0.0f;
+        for (int64_t ih = h0; ih < h1; ih++)
+            for (int64_t iw = w0; iw < w1; iw++) {
+                const float *restrict x = k->x + ((n * k->height + ih) * k->width + iw) * channels;
+                for (int64_t j = 0; j < channels; j++) total[j] += x[j];
+            }
+        for (int64_t j = 0; j < channels; j++) neg[j] = !(sign[j] * (total[j] / (float)divide) >= threshold[j]);
+        store_signs(o, negative, p, n, oh, ow, bytes_to_bits_portable);
+    }
+done:
+    free(sum);
+    free(negative);
+}
+
+/* avg_pool2d (torch's arithmetic: sum over the window in row order, then one division) of channels-last floats,
+ * then pack_signs with per-channel `sign` and `threshold`, into bits or +-1 bytes (`out`). */
+int cn_avgpool_pack(const float *x, int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t kernel_h,
+                    int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                    int64_t count_include_pad, int64_t divisor_override, const float *sign, const float *threshold,
+                    const cn_signs_out *out, int threads, int64_t x_bytes, int64_t sign_bytes,
+                    int64_t threshold_bytes, int64_t out_bytes) {
+    if (out->channels != channels || (out->mode != CN_OUT_BITS && out->mode != CN_OUT_INT8)) return -3;
+    if (!x || !sign || !threshold || !CN_ALL_IN(0, batch, pad_h, pad_w, divisor_override) ||
+        !CN_ALL_IN(1, height, width, channels, kernel_h, kernel_w, stride_h, stride_w) || 2 * pad_h > kernel_h ||
+        2 * pad_w > kernel_w || out->height != cn_window(height, kernel_h, stride_h, pad_h, 1) ||
+        out->width != cn_window(width, kernel_w, stride_w, pad_w, 1) ||
+        !cn_fits(CN_PRODUCT(batch, height, width, channels, 4), x_bytes) || !cn_fits(4 * channels, sign_bytes) ||
+        !cn_fits(4 * channels, threshold_bytes) || !cn_signs_ok(out, batch, out_bytes))
+        return -3;
+    cn_avgpool_call k = {x, batch, height, width, channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                         count_include_pad, divisor_override, sign, threshold, *out, 0};
+    cn_parallel(task_avgpool_pack, &k, threads < 1 ? 1 : threads);
+    return atomic_load(&k.status);
+}
+
+/* ---------------------------------------------------------------- float conv into signs (AMX bf16) -------------- */
+
+/* A full-precision conv followed by pack_signs (the first layer of an XNOR net), in bfloat16 with float32 sums:
+ * TDPBF16PS multiplies a 16 x K block of inputs (16 output pixels, K = chunk_k consecutive elements of their windows)
+ * by a K x 16 block of weights. The input is first converted to bf16, channels-last, inside a zero border of the
+ * conv's padding; a window row of kernel_w * channels elements is then contiguous (dilation 1), so a chunk is one
+ * tile load. Chunk elements past a run have zero weights. Not bit-exact with float32: the runner's "fast" mode. */
+typedef struct {
+    const float *input; /* [N, C, H, W] at the given element strides */
+    int64_t batch, channels, height, width, stride_n, stride_c, stride_y, stride_x;
+    uint16_t *padded; /* bf16 [N, H + 2 * pad_h, W + 2 * pad_w, C], zero border, then readable slack */
+    const uint16_t *weight; /* [16 output channels][chunk] tiles of chunk_k / 2 rows x 16 x 2 bf16 */
+    const float *bias;
+    int64_t out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+    int64_t out_height, out_width, chunks, chunk_k;
+    const int64_t *chunk_offset; /* elements from the window's first element */
+    const float *sign, *threshold;
+    cn_signs_out out;
+    /* Byte lengths of the buffers above from each pointer on, checked by cn_fconv_pack (cn_fconv_ok). */
+    int64_t input_bytes, padded_bytes, weight_bytes, bias_bytes, chunk_offset_bytes, sign_bytes, threshold_bytes,
+        out_bytes;
+} cn_fconv_args;
+
+typedef struct {
+    const cn_fconv_args *a;
+    atomic_int status;
+} cn_fconv_call;
+
+static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch's float -> bfloat16 (finite f) */
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+CN_CLONES static void task_to_bf16(void *c, int index, int count) {
+    const cn_fconv_args *a = ((cn_fconv_call *)c)->a;
+    const int64_t wp = a->width + 2 * a->pad_w, hp = a->height + 2 * a->pad_h;
+    int64_t begin, end;
+    cn_share(a->batch * a->height, index, count, &begin, &end);
+    for (int64_t r = begin; r < end; r++) {
+        int64_t n = r / a->height, y = r % a->height;
+        uint16_t *out = a->padded + ((n * hp + y + a->pad_h) * wp + a->pad_w) * a->channels;
+        const float *in = a->input + n * a->stride_n + y * a->stride_y;
+        for (int64_t x = 0; x < a->width; x++)
+            for (int64_t ch = 0; ch < a->channels; ch++)
+                out[x * a->channels + ch] = to_bf16(in[x * a->stride_x + ch * a->stride_c]);
+    }
+}
+
+#ifdef CN_AMX
+__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq"))) static void task_fconv(void *c,
+                                                                                                     int index,
+                                                                                                     int count) {
+    cn_fconv_call *call = c;
+    const cn_fconv_args *a = call->a;
+    /* the tiling of the int8 conv, over an input of bf16 pixels */
+    cn_bconv_args geometry = {0};
+    geometry.batch = a->batch, geometry.height = a->height, geometry.width = a->width;
+    geometry.kernel_h = a->kernel_h, geometry.kernel_w = a->kernel_w, geometry.stride_h = a->stride_h;
+    geometry.stride_w = a->stride_w, geometry.pad_h = a->pad_h, geometry.pad_w = a->pad_w;
+    geometry.out_height = a->out_height, geometry.out_width = a->out_width;
+    const cn_tiling t = amx_tiling(&geometry, 2 * a->channels);
+    int64_t begin, end;
+    cn_share((t.count + 1) / 2, index, count, &begin, &end);
+    if (begin >= end) return;
+    const int64_t nblocks = (a->out_channels + 15) / 16, sums_width = nblocks * 16, cout = a->out_channels;
+    const int64_t wtile = a->chunk_k * 32, wblock = a->chunks * wtile; /* bytes */
+    const int64_t unit_pixels = 2 * t.m, block_units = amx_block_units(unit_pixels, sums_width);
+    float *sums = aligned_alloc(64, sizeof(float) * (size_t)(block_units * unit_pixels * sums_width));
+    int64_t *origin = malloc(sizeof(int64_t) * (size_t)(2 * block_units));
+    uint8_t *negative = calloc((size_t)(cout + 64), 1);
+    if (!sums || !origin || !negative) {
+        atomic_store(&call->status, -1);
+        goto done;
+    }
+    cn_tilecfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        cfg.colsb[i] = (uint16_t)(i == 4 || i == 5 ? 2 * a->chunk_k : 64);
+        cfg.rows[i] = (uint8_t)(i < 6 ? t.m : a->chunk_k / 2);
+    }
+    _tile_loadconfig(&cfg);
+    const char *input = (const char *)a->padded, *weight = (const char *)a->weight;
+    const float *restrict bias = a->bias, *restrict sign = a->sign, *restrict threshold = a->threshold;
+    const size_t sums_stride = sizeof(float) * (size_t)sums_width;
+    for (int64_t b0 = begin; b0 < end; b0 += block_units) { /* as task_amx: weights stay in L1 over a block */
+        const int64_t b1 = b0 + block_units < end ? b0 + block_units : end;
+        for (int64_t u = b0; u < b1; u++)
+            for (int64_t i = 0; i < 2 && 2 * u + i < t.count; i++) {
+                int64_t n, oh, ow;
+                tile_origin(&t, &geometry, 2 * u + i, &n, &oh, &ow, &origin[2 * (u - b0) + i]);
+            }
+        for (int64_t nb = 0; nb < nblocks; nb += 2) {
+            const int two_ch = nb + 1 < nblocks;
+            const char *w0 = weight + nb * wblock;
+            for (int64_t u = b0; u < b1; u++) {
+                const int two = 2 * u + 1 < t.count;
+                const char *base0 = input + origin[2 * (u - b0)] * 2 * a->channels;
+                const char *base1 = input + origin[2 * (u - b0) + two] * 2 * a->channels;
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+                for (int64_t k = 0; k < a->chunks; k++) {
+                    const int64_t off = 2 * a->chunk_offset[k];
+                    _tile_loadd(4, base0 + off, t.row_stride);
+                    _tile_loadd(6, w0 + k * wtile, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    if (two_ch) {
+                        _tile_loadd(7, w0 + wblock + k * wtile, 64);
+                        _tile_dpbf16ps(1, 4, 7);
+                    }
+                    if (two) {
+                        _tile_loadd(5, base1 + off, t.row_stride);
+                        _tile_dpbf16ps(2, 5, 6);
+                        if (two_ch) _tile_dpbf16ps(3, 5, 7);
+                    }
+                }
+                float *s0 = sums + (u - b0) * unit_pixels * sums_width + nb * 16, *s1 = s0 + t.m * sums_width;
+                _tile_stored(0, s0, sums_stride);
+                if (two_ch) _tile_stored(1, s0 + 16, sums_stride);
+                if (two) {
+                    _tile_stored(2, s1, sums_stride);
+                    if (two_ch) _tile_stored(3, s1 + 16, sums_stride);
+                }
+            }
+        }
+        for (int64_t u = b0; u < b1; u++)
+            for (int64_t i = 0; i < 2 && 2 * u + i < t.count; i++) {
+                int64_t n, oh, ow, p, rows = tile_pixels(&t, &geometry, 2 * u + i, &n, &oh, &ow, &p);
+                for (int64_t r = 0; r < rows; r++, next_pixel(&geometry, &n, &oh, &ow, &p)) {
+                    const float *restrict row = sums + ((u - b0) * unit_pixels + i * t.m + r) * sums_width;
+                    const cn_signs_out *o = &a->out;
+                    if (o->mode == CN_OUT_INT8) { /* one pass */
+                        int8_t *restrict out = signs_bytes(o, n, oh, ow);
+                        for (int64_t j = 0; j < cout; j++)
+                            out[j] = sign[j] * (row[j] + bias[j]) >= threshold[j] ? 1 : -1;
+                        continue;
+                    }
+                    uint8_t *restrict neg = negative;
+                    for (int64_t j = 0; j < cout; j++) neg[j] = !(sign[j] * (row[j] + bias[j]) >= threshold[j]);
+                    store_signs(o, negative, p, n, oh, ow, bytes_to_bits_avx512);
+                }
+            }
+    }
+    _tile_release();
+done:
+    free(sums);
+    free(origin);
+    free(negative);
+}
+#endif
+
+#ifdef CN_AMX
+/* cn_fconv_pack's arguments against the byte lengths of its buffers. */
+static int cn_fconv_ok(const cn_fconv_args *a) {
+    if (!a->input || !a->padded || !a->weight || !a->bias || !a->chunk_offset || !a->sign || !a->threshold ||
+        !CN_ALL_IN(0, a->batch, a->pad_h, a->pad_w) ||
+        !CN_ALL_IN(1, a->channels, a->height, a->width, a->out_channels, a->kernel_h, a->kernel_w, a->stride_h,
+                   a->stride_w, a->dilation_h, a->dilation_w, a->chunks) ||
+        a->stride_n < 0 || a->stride_c < 0 || a->stride_y < 0 || a->stride_x < 0 ||
+        a->out_height != cn_window(a->height, a->kernel_h, a->stride_h, a->pad_h, a->dilation_h) ||
+        a->out_width != cn_window(a->width, a->kernel_w, a->stride_w, a->pad_w, a->dilation_w) ||
+        a->out.channels != a->out_channels || a->out.height != a->out_height || a->out.width != a->out_width ||
+        !cn_signs_ok(&a->out, a->batch, a->out_bytes))
+        return 0;
+    const int64_t c = a->channels, wp = a->width + 2 * a->pad_w, cout = a->out_channels;
+    /* the input, read at its strides */
+    int64_t last = 0, term;
+    const int64_t index[4][2] = {{a->batch, a->stride_n}, {a->height, a->stride_y}, {a->width, a->stride_x},
+                                 {c, a->stride_c}};
+    for (int i = 0; i < 4 && a->batch > 0; i++)
+        if (__builtin_mul_overflow(index[i][0] - 1, index[i][1], &term) || __builtin_add_overflow(last, term, &last))
+            return 0;
+    if (a->batch > 0 && !cn_fits(CN_PRODUCT(last + 1, 4), a->input_bytes)) return 0;
+    /* bf16 pixels inside the padding border; a chunk starts inside a window and runs at most 32 elements past its
+     * end (zero weights there), so the last tile's rows need 15 * stride_w pixels + 32 elements of slack */
+    const int64_t window = ((a->kernel_h - 1) * a->dilation_h * wp + (a->kernel_w - 1) * a->dilation_w + 1) * c;
+    const int64_t image = CN_PRODUCT(a->batch, a->height + 2 * a->pad_h, wp, c);
+    if (image < 0 || !cn_fits(2 * (image + 15 * a->stride_w * c + 32), a->padded_bytes) ||
+        !cn_fits(CN_PRODUCT((cout + 15) / 16, a->chunks, a->chunk_k, 32), a->weight_bytes) ||
+        !cn_fits(4 * cout, a->bias_bytes) || !cn_fits(4 * cout, a->sign_bytes) ||
+        !cn_fits(4 * cout, a->threshold_bytes) || !cn_fits(8 * a->chunks, a->chunk_offset_bytes))
+        return 0;
+    for (int64_t k = 0; k < a->chunks; k++)
+        if (a->chunk_offset[k] < 0 || a->chunk_offset[k] + a->chunk_k > window + 32) return 0;
+    return 1;
+}
+#endif
+
+#ifdef CN_AMX
+/* The same conv with AVX512-BF16 (VDPBF16PS) for CPUs without AMX tiles: the weight tiles are its operands as they
+ * are (a row: 16 output channels x one pair of elements), each input pair broadcast. Two pixels x up to 96 output
+ * channels accumulate together. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void task_fconv_avx512(void *c, int index,
+                                                                                             int count) {
+    cn_fconv_call *call = c;
+    const cn_fconv_args *a = call->a;
+    const int64_t hp = a->height + 2 * a->pad_h, wp = a->width + 2 * a->pad_w, ch = a->channels;
+    const int64_t cout = a->out_channels, nblocks = (cout + 15) / 16, pairs = a->chunk_k / 2;
+    const int64_t total = a->batch * a->out_height * a->out_width;
+    int64_t begin, end;
+    cn_share(total, index, count, &begin, &end);
+    if (begin >= end) return;
+    float *sums = aligned_alloc(64, sizeof(float) * (size_t)(2 * nblocks * 16));
+    uint8_t *negative = calloc((size_t)(cout + 64), 1);
+    if (!sums || !negative) {
+        atomic_store(&call->status, -1);
+        goto done;
+    }
+    const uint16_t *weight = a->weight;
+    const float *restrict bias = a->bias, *restrict sign = a->sign, *restrict threshold = a->threshold;
+    for (int64_t p0 = begin; p0 < end; p0 += 2) {
+        const int two = p0 + 1 < end;
+        int64_t n[2], oh[2], ow[2];
+        const uint16_t *in[2];
+        for (int j = 0; j <= two; j++) {
+            int64_t p = p0 + j;
+            ow[j] = p % a->out_width;
+            oh[j] = (p / a->out_width) % a->out_height;
+            n[j] = p / (a->out_width * a->out_height);
+            in[j] = a->padded + ((n[j] * hp + oh[j] * a->stride_h) * wp + ow[j] * a->stride_w) * ch;
+        }
+        for (int64_t nb0 = 0; nb0 < nblocks; nb0 += 6) {
+            const int64_t group = nblocks - nb0 < 6 ? nblocks - nb0 : 6;
+            __m512 acc0[6], acc1[6];
+            for (int q = 0; q < 6; q++) acc0[q] = acc1[q] = _mm512_setzero_ps();
+            for (int64_t k = 0; k < a->chunks; k++) {
+                const int64_t off = a->chunk_offset[k];
+                for (int64_t r = 0; r < pairs; r++) {
+                    int32_t pair0, pair1 = 0;
+                    memcpy(&pair0, in[0] + off + 2 * r, sizeof(pair0));
+                    if (two) memcpy(&pair1, in[1] + off + 2 * r, sizeof(pair1));
+                    const __m512bh x0 = (__m512bh)_mm512_set1_epi32(pair0), x1 = (__m512bh)_mm512_set1_epi32(pair1);
+                    const uint16_t *w = weight + ((nb0 * a->chunks + k) * pairs + r) * 32;
+                    for (int q = 0; q < group; q++) {
+                        const void *wq = w + q * a->chunks * pairs * 32;
+                        const __m512bh wv = (__m512bh)_mm512_loadu_si512(wq);
+                        acc0[q] = _mm512_dpbf16_ps(acc0[q], x0, wv);
+                        acc1[q] = _mm512_dpbf16_ps(acc1[q], x1, wv);
+                    }
+                }
+            }
+            for (int q = 0; q < group; q++) {
+                _mm512_store_ps(sums + (nb0 + q) * 16, acc0[q]);
+                _mm512_store_ps(sums + (nblocks + nb0 + q) * 16, acc1[q]);
+            }
+        }
+        for (int j = 0; j <= two; j++) {
+            const float *restrict row = sums + j * nblocks * 16;
+            uint8_t *restrict neg = negative;
+            for (int64_t o = 0; o < cout; o++) neg[o] = !(sign[o] * (row[o] + bias[o]) >= threshold[o]);
+            store_signs(&a->out, negative, p0 + j, n[j], oh[j], ow[j], bytes_to_bits_avx512);
+        }
+    }
+done:
+    free(sums);
+    free(negative);
+}
+
+static int avx512_bf16_available(void) {
+    unsigned eax, ebx, ecx, edx;
+    return cn_isa_supported(CN_ISA_AVX512) && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax >> 5 & 1);
+}
+#endif
+
+/* Whether cn_fconv_pack runs `isa` here: CN_ISA_AMX (bf16 tiles, and the process may use them) or CN_ISA_AVX512
+ * (AVX512-BF16). */
+int cn_fconv_supported(int isa) {
+#ifdef CN_AMX
+    if (isa == CN_ISA_AMX) return amx_available(1);
+    if (isa == CN_ISA_AVX512) return avx512_bf16_available();
+#endif
+    (void)isa;
+    return 0;
+}
+
+/* Returns 0, -1 when memory ran out, -2 when this CPU lacks `isa` (see cn_fconv_supported), -3 for bad arguments. */
+int cn_fconv_pack(const cn_fconv_args *a, int isa, int threads) {
+    if (!cn_fconv_supported(isa)) return -2;
+#ifdef CN_AMX
+    if (!cn_fconv_ok(a)) return -3;
+    if (a->out.channels != a->out_channels || a->chunk_k % 2 || a->chunk_k < 2 || a->chunk_k > 32) return -3;
+    if (threads < 1) threads = 1;
+    cn_fconv_call call = {a, 0};
+    cn_parallel(task_to_bf16, &call, threads);
+    cn_parallel(isa == CN_ISA_AMX ? task_fconv : task_fconv_avx512, &call, threads);
+    return atomic_load(&call.status);
+#else
+    (void)a;
+    (void)threads;
+    return -2;
+#endif
+}
+
+/* ---------------------------------------------------------------- classifier head ------------------------------- */
+
+CN_CLONES static void head_loop(const float *x, int64_t batch, int64_t pixels, int64_t channels,
+                                const float *restrict weight, const float *restrict bias, int64_t classes, int64_t relu,
+                                float *restrict out) {
+    /* Each logit as 16 partial sums over channels c = l (mod 16), then added up: vector lanes, a fixed order. */
+    const int64_t full = channels / 16 * 16;
+    for (int64_t n = 0; n < batch; n++) {
+        for (int64_t k = 0; k < classes; k++) out[n * classes + k] = 0.0f;
+        for (int64_t p = 0; p < pixels; p++) {
+            const float *restrict v = x + (n * pixels + p) * channels;
+            for (int64_t k = 0; k < classes; k++) {
+                const float *restrict w = weight + k * channels;
+                float part[16] = {0};
+                for (int64_t c = 0; c < full; c += 16)
+                    for (int l = 0; l < 16; l++) part[l] += v[c + l] * w[c + l];
+                float y = 0.0f;
+                for (int l = 0; l < 16; l++) y += part[l];
+                for (int64_t c = full; c < channels; c++) y += v[c] * w[c];
+                y += bias[k];
+                out[n * classes + k] += relu && !(y > 0.0f) ? 0.0f : y;
+            }
+        }
+        for (int64_t k = 0; k < classes; k++) out[n * classes + k] /= (float)pixels;
+    }
+}
+
+/* A 1x1 conv (groups 1, `weight` [classes, C]) over channels-last floats [N, P, C], an optional ReLU,
+ * then the mean over the P pixels (a global average pool): [N, classes]. One pass instead of four torch calls, each
+ * of which costs more than this arithmetic on a classifier's small tensors. Returns 0, or -3 for bad arguments. */
+typedef struct {
+    const float *x, *weight, *bias;
+    int64_t batch, pixels, channels, classes, relu;
+    float *out;
+} cn_head_call;
+
+static void task_head(void *c, int index, int count) { /* images [begin, end) */
+    const cn_head_call *k = c;
+    int64_t begin, end;
+    cn_share(k->batch, index, count, &begin, &end);
+    if (begin < end)
+        head_loop(k->x + begin * k->pixels * k->channels, end - begin, k->pixels, k->channels, k->weight, k->bias,
+                  k->classes, k->relu, k->out + begin * k->classes);
+}
+
+int cn_head(const float *x, int64_t batch, int64_t pixels, int64_t channels, const float *weight, const float *bias,
+            int64_t classes, int64_t relu, float *out, int64_t x_bytes, int64_t weight_bytes, int64_t bias_bytes,
+            int64_t out_bytes, int threads) {
+    if (!x || !weight || !bias || !out || !cn_in(batch, 0) || !CN_ALL_IN(1, pixels, channels, classes) ||
+        !cn_fits(CN_PRODUCT(batch, pixels, channels, 4), x_bytes) ||
+        !cn_fits(CN_PRODUCT(classes, channels, 4), weight_bytes) || !cn_fits(CN_PRODUCT(classes, 4), bias_bytes) ||
+        !cn_fits(CN_PRODUCT(batch, classes, 4), out_bytes))
+        return -3;
+    cn_head_call k = {x, weight, bias, batch, pixels, channels, classes, relu, out};
+    cn_parallel(task_head, &k, threads < 1 ? 1 : threads);
     return 0;
 }

@@ -1,0 +1,401 @@
+"""Execution plans of the packed runner: for one input shape and thread count, every layer's path, chosen by timing
+the candidates at the first call with that shape (as oneDNN and OpenVINO pick kernels when they compile a model),
+with all buffers allocated once and neighbouring nodes fused where one pass does both.
+
+Paths of a binary conv (:mod:`.binary_kernel`): xor + popcount on packed bits (``avx512``, ``avx2``, ``portable``)
+or int8 AMX tile multiplies on +-1 bytes (``amx``). They compute the same integers, so the choice changes the time
+only, never a bit. Each layer's producer (the previous conv's epilogue, the packing of floats, a max pool on signs)
+writes its signs in the format the chosen path reads: bits, or bytes inside a zero border as wide as the conv's
+padding (the float model pads sign(x) with 0; the popcount paths correct for it instead).
+
+Precision of the full-precision layers: ``"exact"`` runs them in float32, as the float model does (the runner then
+matches the float model up to float summation order); ``"fast"`` also times a bfloat16 form of a float conv that
+feeds a sign (the first layer of an XNOR net, on AMX tiles with float32 sums) and takes it where it is faster, as
+OpenVINO's default precision does on such CPUs. bf16 rounding moves that conv's outputs by about 2**-8 of their
+scale, so a sign lying that close to its threshold can flip (docs/binary-inference.md counts the predictions that
+change). Default: :data:`DEFAULT_PRECISION`, or the ``COMPACTNETS_PACKED_PRECISION`` environment variable.
+
+Fused steps: float conv -> pack_signs (bf16, above); avg_pool2d -> pack_signs (one pass, torch's arithmetic); a 1x1
+float conv on channels-last floats runs as a matrix product and a global average pool as a mean (fewer torch
+calls on small tensors, where each costs more than its arithmetic).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import binary_kernel as bk
+
+ENV_PRECISION = "COMPACTNETS_PACKED_PRECISION"
+PRECISIONS = ("exact", "fast")
+DEFAULT_PRECISION = "exact"
+_SIGN_OPS = ("pack_signs", "binary_conv2d", "bit_max_pool2d")  # nodes whose output (bits mode) is signs
+
+
+def resolve_precision(precision: str | None) -> str:
+    """``precision``, else the environment's, else :data:`DEFAULT_PRECISION`; checked."""
+    value = precision or os.environ.get(ENV_PRECISION) or DEFAULT_PRECISION
+    if value not in PRECISIONS:
+        where = "precision" if precision else ENV_PRECISION
+        raise ValueError(f"{where}: unknown packed precision {value!r} (choose from {', '.join(PRECISIONS)})")
+    return value
+
+
+def fastest(candidates: dict[str, Callable[[], object]], budget_s: float = 0.03) -> tuple[str, dict[str, float]]:
+    """The candidate with the least wall time (min over rounds, interleaved; at least 3 rounds, more while within
+    ``budget_s``), and each one's time in ms."""
+    for fn in candidates.values():
+        fn()  # warm: first-touch page faults, caches
+    times = {name: float("inf") for name in candidates}
+    start, rounds = time.perf_counter(), 0
+    while rounds < 3 or (rounds < 20 and time.perf_counter() - start < budget_s):
+        for name, fn in candidates.items():
+            t = time.perf_counter()
+            fn()
+            times[name] = min(times[name], time.perf_counter() - t)
+        rounds += 1
+    ms = {name: 1e3 * t for name, t in times.items()}
+    return min(ms, key=ms.get), ms
+
+
+@dataclass
+class _Signs:
+    """Where a node's signs go: packed bits for ``groups``, or bytes inside a zero border of ``padding`` with slack
+    for a conv of ``stride_w``."""
+
+    format: str = "bits"
+    groups: int = 1
+    padding: tuple = (0, 0)
+    stride_w: int = 1
+
+
+@dataclass
+class _Op:
+    fn: Callable  # value -> value
+    fresh: bool  # returns a new tensor each call (not a buffer the next call overwrites)
+    collect: Callable | None = None  # the +-1 input of a binary conv, NCHW floats (run_with_signs)
+
+
+@dataclass
+class Plan:
+    """The ops of one input shape and thread count, and what was chosen for each layer (``report``: per layer, the
+    candidates' times in ms, the path taken and its thread count)."""
+
+    shape: tuple
+    threads: int
+    precision: str
+    ops: list[_Op] = field(default_factory=list)
+    report: list[dict] = field(default_factory=list)
+
+    def run(self, x: torch.Tensor, collect: list | None = None) -> torch.Tensor:
+        fresh = True
+        for op in self.ops:
+            if collect is not None and op.collect is not None:
+                collect.append(op.collect())
+            x, fresh = op.fn(x), op.fresh
+        return x if fresh else x.clone()  # never hand out a buffer that the next call overwrites
+
+
+def _collect_bits(buffer: torch.Tensor, groups: int, channels: int) -> Callable:
+    from .packed import unpack_signs  # packed imports this module
+
+    return lambda: unpack_signs(buffer, groups, channels)
+
+
+def _collect_bytes(buffer: torch.Tensor, padding) -> Callable:
+    def collect():
+        n, hp, wp, _ = buffer.shape
+        inside = buffer[:, padding[0] : hp - padding[0], padding[1] : wp - padding[1]]
+        return inside.permute(0, 3, 1, 2).float()
+
+    return collect
+
+
+def _random_signs(shape: tuple, generator: torch.Generator) -> torch.Tensor:
+    """+-1 floats, channels-last [N, H, W, C]."""
+    return torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
+
+
+def describe_conv(node: dict, input_shape) -> str:
+    """``in->out kxk [gG] @HxW`` of a binary conv node and its input (bits [N, H, W, words])."""
+    (kh, kw), groups = node["kernel_size"], node["groups"]
+    layer = f"{node['in_channels']}->{node['out_channels']} {kh}x{kw}" + (f" g{groups}" if groups > 1 else "")
+    return f"{layer} @{input_shape[1]}x{input_shape[2]}"
+
+
+def auto_paths() -> list[str]:
+    """The paths a plan times for each binary conv: the best popcount path (the others are slower on the same CPU:
+    AVX2 and portable emulate the popcount) and every bytes path this CPU runs."""
+    return [bk.kernel_path(), *(p for p in bk.supported_paths() if bk.input_format(p) == "int8")]
+
+
+def conv_candidates(runner, i: int, size: tuple, threads: int, paths: list | None = None) -> dict[str, Callable]:
+    """Node ``i`` (a binary conv of ``runner``) on random +-1 input of ``size`` (N, H, W), once per path (default:
+    every path this CPU runs), each reading the format its path takes: what the plan times. With more than one
+    thread, each path also on one thread (``"<path> x1"``): a small layer can lose more to waking a second thread
+    than it gains."""
+    node, step = runner.nodes[i], runner._steps[i][1]
+    signs = _random_signs((*size, node["in_channels"]), torch.Generator().manual_seed(i))
+    calls = {}
+    paths = paths or bk.supported_paths()
+    for p in paths:
+        if bk.input_format(p) == "int8" and len(paths) > 1 and step.weights.amx_bytes() > bk.AMX_MAX_WEIGHT_BYTES:
+            continue  # not a candidate (forced, it says why)
+        if bk.input_format(p) == "int8":
+            x = bk.pack_signs(signs, 1, out_format="int8", out_padding=tuple(node["padding"]))
+        else:
+            x = bk.pack_signs(signs, node["groups"])
+        call = bk.conv_call(x, step.weights, *step.geometry, path=p, **step.kwargs)
+        calls[p] = lambda call=call: call(threads)
+        if threads > 1:
+            calls[f"{p} x1"] = lambda call=call: call(1)
+    return calls
+
+
+def _path_threads(choice: str, threads: int) -> tuple[str, int]:
+    """``"amx"`` -> (amx, threads); ``"amx x1"`` -> (amx, 1)."""
+    path, _, one = choice.partition(" x")
+    return path, 1 if one else threads
+
+
+def build_plan(runner, shape: tuple, threads: int, path: str | None, precision: str) -> Plan:
+    """The plan of ``runner`` (a :class:`~compactnets.deploy.packed.PackedModel`) for float inputs of ``shape``."""
+    plan = Plan(tuple(shape), threads, precision)
+    nodes, steps = runner.nodes, runner._steps
+    # Pass 1: every node's input, from one reference run on zeros (its shapes; nothing else is kept).
+    inputs = []
+    with torch.no_grad():
+        value = torch.zeros(shape).contiguous(memory_format=torch.channels_last)
+        for _, step, binary in steps:
+            inputs.append(value)
+            value = step(value, threads) if binary else step(value)
+    # Pass 2: each binary conv's path (and thread count), by timing the candidates on its input shape.
+    paths, conv_threads = {}, {}
+    for i, node in enumerate(nodes):
+        if node["op"] != "binary_conv2d":
+            continue
+        calls = conv_candidates(runner, i, tuple(inputs[i].shape[:3]), threads, [path] if path else auto_paths())
+        chosen, ms = fastest(calls) if len(calls) > 1 else (next(iter(calls)), {})
+        paths[i], conv_threads[i] = _path_threads(chosen, threads)
+        plan.report.append({"node": i, "layer": describe_conv(node, inputs[i].shape), "times_ms": ms,
+                            "path": paths[i], "threads": conv_threads[i]})  # fmt: skip
+    # Pass 3: the format each node writes its signs in, from its consumer back.
+    signs_out: dict[int, _Signs] = {}
+    for i in reversed(range(len(nodes))):
+        if nodes[i]["op"] not in _SIGN_OPS or i + 1 >= len(nodes):
+            continue
+        consumer = nodes[i + 1]
+        if consumer["op"] == "binary_conv2d":
+            fmt = bk.input_format(paths[i + 1])
+            padding = tuple(consumer["padding"]) if fmt == "int8" else (0, 0)
+            signs_out[i] = _Signs(fmt, consumer["groups"], padding, consumer["stride"][1])
+        elif consumer["op"] == "bit_max_pool2d" and i + 1 in signs_out:
+            fmt = signs_out[i + 1].format
+            signs_out[i] = _Signs(fmt, consumer["groups"], (0, 0), 1)
+    # Pass 4: the ops, each run once here on the reference inputs (binding the buffers they hand on).
+    i, value = 0, inputs[0]
+    with torch.no_grad():
+        while i < len(nodes):
+            ops, used = _build_ops(plan, runner, i, inputs, (paths, conv_threads), signs_out)
+            for op in ops:
+                value = op.fn(value)
+                plan.ops.append(op)
+            i += used
+    return plan
+
+
+def _build_ops(plan: Plan, runner, i: int, inputs: list, paths: tuple, signs_out: dict):
+    """The ops of node ``i`` (and of the nodes after it when fused), and how many nodes they cover; ``paths``: each
+    binary conv's path and thread count."""
+    nodes, steps, tensors, threads = runner.nodes, runner._steps, runner._node_tensors, plan.threads
+    node, step = nodes[i], steps[i][1]
+    op = node["op"]
+    following = nodes[i + 1] if i + 1 < len(nodes) else None
+    packs_next = following is not None and following["op"] == "pack_signs" and "threshold" in tensors[i + 1]
+    if op == "binary_conv2d":
+        return [_binary_conv_op(plan, runner, i, *paths, signs_out)], 1
+    if op == "bit_max_pool2d":
+        return [_max_pool_op(plan, runner, i, signs_out)], 1
+    if op == "pack_signs":
+        return [_pack_op(step, inputs[i], signs_out.get(i, _Signs(groups=step.groups)), threads)], 1
+    if op == "conv2d" and packs_next:
+        return _conv_pack_ops(plan, runner, i, inputs, signs_out), 2
+    head = _head(nodes, tensors, i, threads)
+    if head:
+        return head
+    if op == "avg_pool2d" and packs_next and not node["ceil_mode"]:
+        return [_avg_pool_pack_op(runner, i, inputs, signs_out, threads)], 2
+    return [_Op(_float_fn(node, tensors[i], step), fresh=True)], 1
+
+
+def _binary_conv_op(plan, runner, i, paths, conv_threads, signs_out) -> _Op:
+    node, step = runner.nodes[i], runner._steps[i][1]
+    x = _source(plan)
+    out = signs_out.get(i)
+    kwargs = dict(step.kwargs)
+    if node["output"] == "bits":
+        kwargs.update(out_format=out.format if out else "bits", out_padding=out.padding if out else (0, 0))
+        if out and out.format == "int8":
+            kwargs["out"] = _byte_buffer(*_out_size(node, x, paths[i]), node["out_channels"], out)
+    call = bk.conv_call(x, step.weights, *step.geometry, path=paths[i], **kwargs)
+    threads = conv_threads[i]
+    fmt = bk.input_format(paths[i])
+    collect = (
+        _collect_bytes(x, tuple(node["padding"])) if fmt == "int8" else _collect_bits(x, node["groups"],
+                                                                                       node["in_channels"])
+    )  # fmt: skip
+    if node["output"] == "bits":
+        return _Op(_Bound(lambda _: call(threads), call.out), fresh=False, collect=collect)
+    nchw = call.out.permute(0, 3, 1, 2)  # NCHW view, channels-last memory
+    return _Op(_Bound(lambda _: (call(threads), nchw)[1], call.out), fresh=False, collect=collect)
+
+
+def _out_size(node: dict, x: torch.Tensor, path: str) -> tuple:
+    n, h, w, _ = x.shape
+    if bk.input_format(path) == "int8":
+        h, w = h - 2 * node["padding"][0], w - 2 * node["padding"][1]
+    sizes = zip((h, w), node["kernel_size"], node["stride"], node["padding"], node["dilation"], strict=True)
+    return (n, *(bk.conv_output_size(*args) for args in sizes))
+
+
+def _source(plan: Plan) -> torch.Tensor:
+    """The buffer the last op writes: a binary op's input (signs only ever come from such ops)."""
+    return plan.ops[-1].fn.buffer
+
+
+class _Bound:
+    """An op reading a buffer fixed at build time; ``buffer`` is what it writes, for the next op to bind to."""
+
+    def __init__(self, fn: Callable, buffer: torch.Tensor):
+        self.fn, self.buffer = fn, buffer
+
+    def __call__(self, value):
+        return self.fn(value)
+
+
+def _max_pool_op(plan, runner, i, signs_out) -> _Op:
+    node, step = runner.nodes[i], runner._steps[i][1]
+    out = signs_out.get(i, _Signs(groups=node["groups"]))
+    geometry = (node["kernel_size"], node["stride"], node["padding"])
+    source = _source(plan)
+    if out.format == "int8":
+        n, h, w, c = source.shape
+        ho, wo = (bk.conv_output_size(s, k, st, p) for s, k, st, p in zip((h, w), *geometry, strict=True))
+        buffer = _byte_buffer(n, ho, wo, c, out)
+        call = bk.byte_max_pool_call(
+            source, step.channel_mask, *geometry, out=buffer, out_padding=out.padding, threads=plan.threads
+        )
+    else:
+        call = bk.bit_max_pool_call(source, step.and_mask, *geometry)
+    return _Op(_Bound(lambda _: call(), call.out), fresh=False)
+
+
+def _byte_buffer(n: int, h: int, w: int, c: int, out: _Signs) -> torch.Tensor:
+    return bk.byte_buffer(n, h, w, c, out.padding, max(4, out.stride_w))
+
+
+def _pack_op(step, x: torch.Tensor, out: _Signs, threads: int) -> _Op:
+    """pack_signs of the floats the op before returns (a new tensor each call, NCHW view of channels-last)."""
+    n, c, h, w = x.shape
+    buffer = _byte_buffer(n, h, w, c, out) if out.format == "int8" else None
+    call = bk.pack_signs_call(x.permute(0, 2, 3, 1), out.groups, out=buffer, out_format=out.format,
+                              out_padding=out.padding, threads=threads, **step.folded)  # fmt: skip
+    return _Op(_Bound(lambda value: call(value.permute(0, 2, 3, 1)), call.out), fresh=False)
+
+
+def _avg_pool_pack_op(runner, i, inputs, signs_out, threads) -> _Op:
+    node, pack = runner.nodes[i], runner._steps[i + 1][1]
+    out = signs_out.get(i + 1, _Signs(groups=pack.groups))
+    x = inputs[i].permute(0, 2, 3, 1)
+    n, h, w, c = x.shape
+    sizes = zip((h, w), node["kernel_size"], node["stride"], node["padding"], strict=True)
+    ho, wo = (bk.conv_output_size(*args) for args in sizes)
+    buffer = _byte_buffer(n, ho, wo, c, out) if out.format == "int8" else None
+    call = bk.avg_pool_signs_call(x, node["kernel_size"], node["stride"], node["padding"], node["count_include_pad"],
+                                  node["divisor_override"], pack.folded["sign"], pack.folded["threshold"], out.groups,
+                                  out=buffer, out_format=out.format, out_padding=out.padding,
+                                  threads=threads)  # fmt: skip
+    return _Op(_Bound(lambda value: call(value.permute(0, 2, 3, 1)), call.out), fresh=False)
+
+
+def _conv_pack_ops(plan, runner, i, inputs, signs_out) -> list[_Op]:
+    """A float conv and the pack_signs after it: float32 in torch then the C packing, or (precision "fast") the
+    fused bf16 AMX conv, whichever is faster here."""
+    node, t, pack = runner.nodes[i], runner._node_tensors[i], runner._steps[i + 1][1]
+    out = signs_out.get(i + 1, _Signs(groups=pack.groups))
+    conv = _Op(_float_fn(node, t, runner._steps[i][1]), fresh=True)
+    exact = [conv, _pack_op(pack, conv.fn(inputs[i]), out, plan.threads)]
+    paths = bk.bf16_conv_paths() if plan.precision == "fast" and node["groups"] == 1 else []
+    if not paths:
+        return exact
+    x, threads = inputs[i], plan.threads
+    fused = {
+        p: bk.Bf16ConvSigns(t["weight"], t.get("bias"), node["stride"], node["padding"], node["dilation"],
+                            pack.folded["sign"], pack.folded["threshold"], tuple(x.shape), groups=out.groups,
+                            out_format=out.format, out_padding=out.padding, path=p)
+        for p in paths
+    }  # fmt: skip
+    calls = {"f32": lambda: exact[1].fn(exact[0].fn(x))}
+    for p, conv in fused.items():
+        calls[f"bf16 {p}"] = lambda conv=conv: conv(x, threads)
+        if threads > 1:  # as conv_candidates
+            calls[f"bf16 {p} x1"] = lambda conv=conv: conv(x, 1)
+    chosen, ms = fastest(calls)
+    out_channels, in_channels, kh, kw = t["weight"].shape
+    layer = f"float {in_channels}->{out_channels} {kh}x{kw} @{x.shape[2]}x{x.shape[3]} + pack"
+    path, threads = _path_threads(chosen, threads)
+    plan.report.append({"node": i, "layer": layer, "times_ms": ms, "path": path, "threads": threads})
+    if chosen == "f32":
+        return exact
+    conv = fused[path.removeprefix("bf16 ")]
+    return [_Op(_Bound(lambda value: conv(value.float(), threads), conv.out), fresh=False)]
+
+
+def _head(nodes: list, tensors: list, i: int, threads: int) -> tuple[list[_Op], int] | None:
+    """conv2d 1x1 (stride 1, no padding, groups 1) -> [relu] -> adaptive_avg_pool2d(1) -> [flatten(1)] at node ``i``,
+    as one op (``cn_head``), and the nodes it covers."""
+    node, t = nodes[i], tensors[i]
+    if not (node["op"] == "conv2d" and tuple(t["weight"].shape[2:]) == (1, 1) and node["groups"] == 1):
+        return None
+    if list(node["stride"]) != [1, 1] or list(node["padding"]) != [0, 0]:
+        return None
+    j = i + 1
+    relu = j < len(nodes) and nodes[j]["op"] == "relu"
+    j += relu
+    if not (j < len(nodes) and nodes[j]["op"] == "adaptive_avg_pool2d" and list(nodes[j]["output_size"]) == [1, 1]):
+        return None
+    j += 1
+    flatten = j < len(nodes) and nodes[j]["op"] == "flatten"
+    flatten = flatten and nodes[j]["start_dim"] == 1 and nodes[j]["end_dim"] in (-1, 3)
+    head = bk.Head(t["weight"], t.get("bias"), relu)
+
+    def run(x):
+        logits = head(x.permute(0, 2, 3, 1), threads)
+        return logits if flatten else logits.view(*logits.shape, 1, 1)
+
+    return [_Op(run, fresh=True)], j + flatten - i
+
+
+def _float_fn(node: dict, t: dict, step: Callable) -> Callable:
+    """The step's torch op, or a cheaper equivalent for small tensors: a 1x1 conv (stride 1, no padding, groups 1)
+    as a matrix product over channels-last pixels, a global average pool as a mean."""
+    op = node["op"]
+    if op == "conv2d" and tuple(t["weight"].shape[2:]) == (1, 1) and node["groups"] == 1:
+        if list(node["stride"]) == [1, 1] and list(node["padding"]) == [0, 0]:
+            weight, bias = t["weight"].float().flatten(1), t.get("bias")
+
+            def conv1x1(x):
+                n, c, h, w = x.shape
+                y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), weight, bias)
+                return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+            return conv1x1
+    if op == "adaptive_avg_pool2d" and list(node["output_size"]) == [1, 1]:
+        return lambda x: x.mean((2, 3), keepdim=True)
+    return step

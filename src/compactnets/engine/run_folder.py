@@ -1,0 +1,109 @@
+"""The run folder (``--output``): one run at a time holds it, through a lock file naming the holder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+from datetime import datetime
+from pathlib import Path
+
+from ..checkpoint import orphan_temporaries
+from ..errors import OptionError
+
+
+def resume_checkpoint_path(resume: str) -> Path:
+    path = Path(resume)
+    return path / "last.pth" if path.is_dir() else path
+
+
+RUN_FILES = ("last.pth", "best.pth", "log.csv", "args.json")  # checkpoints first
+LOCK_FILE = ".lock"
+
+
+class RunFolder:
+    """The ``--output`` folder, held by one run at a time (a lock file naming the holder).
+
+    A folder that holds another run is refused unless the run resumes it or ``--overwrite`` starts over (its
+    run files are then removed); temporary checkpoint files that a killed run left behind are removed.
+    """
+
+    def __init__(self, out: Path, args: argparse.Namespace, is_main: bool):
+        self.out, self.args, self.is_main, self.lock = out, args, is_main, out / LOCK_FILE
+
+    def __enter__(self) -> RunFolder:
+        if not self.is_main:
+            return self
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise OptionError(f"--output {out} is a file, not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OptionError(f"--output {out} cannot be created: {e.strerror or e}") from e
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise OptionError(f"--output {out} is not writable")
+        self._take_lock()
+        resumes_here = self.args.resume and resume_checkpoint_path(self.args.resume).parent.resolve() == out.resolve()
+        held = [name for name in RUN_FILES[:2] if (out / name).exists()]  # checkpoints: a run was trained here
+        if held and not resumes_here and not self.args.overwrite:
+            self._release()
+            raise OptionError(
+                f"--output {out} holds a run ({', '.join(held)}): continue it with --resume {out}, "
+                "start over with --overwrite, or choose another folder"
+            )
+        if not resumes_here:  # starting over, or the files of a start that never finished an epoch
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        for tmp in orphan_temporaries(out):
+            tmp.unlink(missing_ok=True)
+        return self
+
+    def _take_lock(self) -> None:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._lock_is_stale():
+                    raise OptionError(f"--output {self.out} is in use: {self._describe_holder()}") from None
+                self.lock.unlink(missing_ok=True)  # its process is gone (killed): take over
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(holder, f)
+            return
+        raise OptionError(f"--output {self.out}: cannot take the lock file {self.lock}")
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.lock.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _describe_holder(self) -> str:
+        h = self._holder()
+        return (
+            f"run of pid {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('started', '?')} "
+            f"(lock file {self.lock}; delete it if that run is gone)"
+        )
+
+    def _lock_is_stale(self) -> bool:
+        h = self._holder()
+        if h.get("host") != socket.gethostname() or not isinstance(h.get("pid"), int):
+            return False  # another machine's process cannot be checked from here
+        try:
+            os.kill(h["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _release(self) -> None:
+        if self._holder().get("pid") == os.getpid():
+            self.lock.unlink(missing_ok=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.is_main:
+            self._release()

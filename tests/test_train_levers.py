@@ -1,0 +1,276 @@
+"""Short-schedule levers of `compactnets train` and `eval` (issue 16): batch-norm re-estimation, model EMA,
+distillation, flip TTA, the linear-to-zero schedule and lr scaling, bf16 by default, mid-epoch checkpoints,
+SIGTERM, and resuming a run stopped during its evaluation."""
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import compactnets
+import compactnets.engine.train as engine
+from compactnets.checkpoint import load_file, save_atomic
+from compactnets.engine.batchnorm import reestimate_bn
+from compactnets.engine.distill import distillation_loss
+from compactnets.engine.evaluate import evaluate
+from compactnets.engine.optim import lr_factor_fn
+from compactnets.engine.train import add_train_args
+
+TINY = ["--model-kwargs", "channels=[16,16,16,16,16,16,16,16]"]
+SMALL_RUN = [*TINY, "--train-limit", "300", "--eval-limit", "100", "--batch-size", "50", "--no-progress"]
+
+
+def _read_log(run):
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- batch-norm re-estimation -----------------------------------------------------------------------------
+
+
+def test_reestimate_bn_gives_the_exact_statistics_of_the_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    model[1].running_mean.fill_(5.0)  # stale statistics, as a binary net's lag behind its weights
+    batches = [(torch.randn(8, 3, 6, 6) * 2 + 1, None) for _ in range(3)]
+    model.train()
+    assert reestimate_bn(model, batches, torch.device("cpu")) == 24
+    features = torch.cat([model[0](x) for x, _ in batches])  # what the batch norm saw, every batch equal in size
+    assert torch.allclose(model[1].running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+    per_batch_var = torch.stack([model[0](x).var(dim=(0, 2, 3), unbiased=True) for x, _ in batches])
+    assert torch.allclose(model[1].running_var, per_batch_var.mean(0), atol=1e-5)  # cumulative average per batch
+    assert model.training and model[1].momentum == 0.1  # modes and momentum restored
+    assert reestimate_bn(nn.Linear(2, 2), batches, torch.device("cpu")) == 0  # nothing to re-estimate
+
+
+# --- distillation ---------------------------------------------------------------------------------------------
+
+
+def test_distillation_loss_is_the_tempered_kl_divergence():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 10), torch.randn(5, 10)
+    for t in (1.0, 4.0):
+        p = (teacher / t).softmax(1)
+        reference = (p * (p.log() - (student / t).log_softmax(1))).sum(1).mean() * t * t
+        assert distillation_loss(student, teacher, t).item() == pytest.approx(reference.item(), rel=1e-5)
+    assert distillation_loss(teacher, teacher, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_trains_from_a_teacher_checkpoint_and_refuses_a_mismatched_one(run_cli, tmp_path):
+    teacher = tmp_path / "teacher"
+    assert run_cli("train", *SMALL_RUN, "--epochs", "1", "--output", teacher)[0] == 0
+    out = {}
+    for weight in ("0", "1"):
+        out[weight] = tmp_path / f"student{weight}"
+        status, stdout, err = run_cli("train", *SMALL_RUN, "--epochs", "1", "--teacher", teacher,
+                                      "--distill-weight", weight, "--distill-temperature", "2",
+                                      "--output", out[weight], "--deterministic")  # fmt: skip
+        assert status == 0, err
+        assert f"distilling from {teacher} (weight {weight}, T 2)" in stdout
+    # weight 0: the labels alone, the very run without a teacher; weight 1: a different loss, other weights
+    plain = tmp_path / "plain"
+    assert run_cli("train", *SMALL_RUN, "--epochs", "1", "--output", plain, "--deterministic")[0] == 0
+    sd = {k: load_file(v / "last.pth")["state_dict"] for k, v in {**out, "plain": plain}.items()}
+    assert _same_weights(sd["0"], sd["plain"]) and not _same_weights(sd["1"], sd["plain"])
+
+    status, _, err = run_cli("train", *SMALL_RUN, "--teacher", "micronet_m0", "--output", tmp_path / "x")
+    assert status == 2 and err.count("\n") == 1 and "--teacher micronet_m0: compactnets bundles no weights" in err
+    imagenet = compactnets.create_model("micronet_m0")
+    other = tmp_path / "micronet.pth"
+    save_atomic({"arch": "micronet_m0", "state_dict": imagenet.state_dict()}, other)
+    status, _, err = run_cli("train", *SMALL_RUN, "--teacher", other, "--output", tmp_path / "x")
+    assert status == 2 and "expects input_size (3, 224, 224), the student (3, 32, 32)" in err, err
+    status, _, err = run_cli("train", *SMALL_RUN, "--teacher", "no_such_thing", "--output", tmp_path / "y")
+    assert status == 2 and "neither a checkpoint file nor a model with shipped weights" in err
+    status, _, err = run_cli("train", *SMALL_RUN, "--distill-weight", "1.5", "--output", tmp_path / "z")
+    assert status == 2 and "--distill-weight must be in [0, 1], not 1.5" in err
+
+
+# --- EMA ------------------------------------------------------------------------------------------------------
+
+
+def test_model_ema_is_evaluated_saved_and_loaded_by_eval(run_cli, tmp_path):
+    out = tmp_path / "ema"
+    status, stdout, err = run_cli("train", *SMALL_RUN, "--epochs", "2", "--model-ema", "--model-ema-decay", "0.9",
+                                  "--output", out)  # fmt: skip
+    assert status == 0, err
+    assert "EMA decay 0.9 (evaluated and saved)" in stdout
+    ckpt = load_file(out / "last.pth")
+    assert not _same_weights(ckpt["state_dict"], ckpt["state_dict_ema"])
+    logged = float(_read_log(out)[-1]["eval_top1"])
+    status, stdout, _ = run_cli("eval", "--checkpoint", out / "last.pth", "--ema", "--limit", "100", "--json")
+    assert status == 0 and json.loads(stdout)["top1"] == pytest.approx(logged)  # the log measures the EMA
+    status, _, err = run_cli("eval", "--pretrained", "--model", "nin", "--ema")
+    assert status == 2 and "--ema applies to --checkpoint" in err
+    plain = tmp_path / "plain"
+    assert run_cli("train", *SMALL_RUN, "--epochs", "1", "--output", plain)[0] == 0
+    status, _, err = run_cli("eval", "--checkpoint", plain, "--ema")
+    assert status == 2 and "holds no EMA weights" in err
+
+
+# --- schedule, lr scaling, precision ------------------------------------------------------------------------
+
+
+def _args(*argv):
+    return add_train_args(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_linear_schedule_decays_to_zero_after_the_warm_up():
+    f = lr_factor_fn(_args("--sched", "linear", "--epochs", "10", "--warmup-epochs", "2"), 100)
+    assert f(0) == 0 and f(100) == pytest.approx(0.5) and f(200) == pytest.approx(1.0)  # warm-up
+    assert f(600) == pytest.approx(0.5) and f(999) == pytest.approx(1 / 800) and f(1000) == 0  # down to zero
+
+
+def test_lr_scales_with_the_batch_and_bf16_is_the_default_where_fast(run_cli, tmp_path):
+    out = tmp_path / "run"
+    status, stdout, _ = run_cli("train", *SMALL_RUN, "--epochs", "1", "--lr", "0.1", "--lr-base-batch", "200",
+                                "--sched", "constant", "--output", out)  # fmt: skip
+    assert status == 0 and "lr 0.1 x 0.25 = 0.025 (batch 50)" in stdout
+    assert float(_read_log(out)[0]["lr"]) == pytest.approx(0.025)
+    args = json.loads((out / "args.json").read_text())
+    assert args["amp"] == "auto" and args["lr"] == 0.1  # the option as given; resuming scales it once again
+    fast = {"amx_bf16", "avx512_bf16"} & compactnets.engine.precision.cpu_flags()
+    assert args["amp_resolved"] == ("bf16" if fast else "none")
+    assert ("(auto: the CPU has" in stdout) == bool(fast) and "as requested" not in stdout
+
+
+# --- TTA ------------------------------------------------------------------------------------------------------
+
+
+def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))  # sees left from right
+    images, targets = torch.randn(6, 3, 32, 32), torch.arange(6)
+    single = evaluate(model, [(images, targets)], torch.device("cpu"))
+    flipped = evaluate(model, [(images, targets)], torch.device("cpu"), tta="flip")
+    with torch.no_grad():
+        logits = (model(images) + model(images.flip(3))) / 2
+    assert flipped["loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
+    assert abs(flipped["loss"] - single["loss"]) > 1e-3
+
+
+def test_eval_reports_tta_and_bn_reestimation_apart(run_cli, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", *SMALL_RUN, "--epochs", "1", "--output", out)[0] == 0
+    status, stdout, _ = run_cli("eval", "--checkpoint", out, "--limit", "100", "--json")
+    plain = json.loads(stdout)
+    status, stdout, _ = run_cli("eval", "--checkpoint", out, "--limit", "100", "--tta", "flip", "--json")
+    tta = json.loads(stdout)
+    assert plain["tta"] == "none" and tta["tta"] == "flip"  # the averaging itself: the test above
+    status, stdout, err = run_cli("eval", "--checkpoint", out, "--limit", "100", "--bn-reestimate", "200")
+    assert status == 0 and "re-estimated on 200 training images" in err and "Acc@1" in stdout
+
+
+# --- stopping and resuming --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast_data", ["on", "off"])
+def test_sigterm_inside_an_epoch_saves_and_the_resumed_run_equals_the_straight_one(
+    run_cli, tmp_path, monkeypatch, fast_data
+):
+    """SIGTERM arriving at step 3 of epoch 2 (of 6 steps): the step ends, a checkpoint is written, exit 143; the
+    resumed run then equals the run that was never stopped, on the fast path and the DataLoader path."""
+    common = [*SMALL_RUN, "--epochs", "2", "--deterministic", "--fast-data", fast_data]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run_cli("train", *common, "--output", straight)[0] == 0
+
+    asked = []
+    due = engine.StepCheckpoints.due
+
+    def signal_at_step_9(self):  # the 9th step of the run: step 3 of epoch 2
+        asked.append(1)
+        if len(asked) == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return due(self)
+
+    monkeypatch.setattr(engine.StepCheckpoints, "due", signal_at_step_9)
+    status, _, err = run_cli("train", *common, "--output", stopped)
+    monkeypatch.setattr(engine.StepCheckpoints, "due", due)
+    assert status == 143, err
+    assert "saved at step 3/6 of epoch 2" in err and f"resume with `compactnets train --resume {stopped}`" in err
+    ckpt = load_file(stopped / "last.pth")
+    assert ckpt["epoch"] == 1 and ckpt["step_in_epoch"] == 3 and ckpt["scheduler"]["last_epoch"] == 9
+
+    status, stdout, _ = run_cli("train", "--resume", stopped)
+    assert status == 0 and "at step 3/6 of epoch 2" in stdout
+    a, b = _read_log(straight), _read_log(stopped)
+    keys = ("epoch", "lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "best_top1")
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    weights = [load_file(run / "last.pth")["state_dict"] for run in (straight, stopped)]
+    assert _same_weights(*weights)
+
+
+def test_periodic_checkpoints_inside_an_epoch(run_cli, tmp_path, monkeypatch):
+    saved = []
+    save = engine.save_atomic
+
+    def record(obj, path):
+        saved.append(obj.get("step_in_epoch"))
+        save(obj, path)
+
+    monkeypatch.setattr(engine, "save_atomic", record)
+    out = tmp_path / "run"
+    # every step is due after 1e-9 minutes; then the epoch's own checkpoints (before and after its evaluation)
+    assert run_cli("train", *SMALL_RUN, "--epochs", "1", "--checkpoint-interval", "1e-9", "--output", out)[0] == 0
+    assert saved == [1, 2, 3, 4, 5, 6, None, None, None]  # 6 steps; last.pth pending, best.pth, last.pth
+    assert "step_in_epoch" not in load_file(out / "last.pth")
+    status, _, err = run_cli("train", *SMALL_RUN, "--checkpoint-interval", "-1", "--output", tmp_path / "x")
+    assert status == 2 and "--checkpoint-interval must be a finite number >= 0, not -1.0" in err
+
+
+def test_a_run_stopped_during_its_evaluation_evaluates_that_epoch_on_resume(run_cli, tmp_path, monkeypatch):
+    common = [*SMALL_RUN, "--epochs", "2", "--deterministic", "--model-ema", "--bn-reestimate", "100"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run_cli("train", *common, "--output", straight)[0] == 0
+
+    calls = []
+    real = engine.evaluate
+
+    def interrupted_first_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", interrupted_first_time)
+    status, _, err = run_cli("train", *common, "--output", stopped)
+    assert status == 130 and "resume with" in err
+    assert not (stopped / "log.csv").exists()
+    assert load_file(stopped / "last.pth")["pending_eval"] is True
+    status, stdout, _ = run_cli("train", "--resume", stopped)
+    assert status == 0 and "epoch 1/2" in stdout  # the pending epoch's line, evaluated now
+    a, b = _read_log(straight), _read_log(stopped)
+    keys = ("epoch", "lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "best_top1")
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    ca, cb = load_file(straight / "best.pth"), load_file(stopped / "best.pth")
+    assert ca["best_epoch"] == cb["best_epoch"] and _same_weights(ca["state_dict_ema"], cb["state_dict_ema"])
+
+
+def test_sigterm_from_outside_stops_a_real_process_cleanly(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "compactnets", "train", *TINY, "--train-limit", "2000", "--eval-limit", "100",
+           "--batch-size", "20", "--epochs", "1", "--log-interval", "1", "--output", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for the first training step's progress line
+        line = proc.stderr.readline()
+        if "epoch 1/1: 2/" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "interrupted; saved at step" in err and "resume with" in err and "Traceback" not in err
+    assert load_file(out / "last.pth")["step_in_epoch"] >= 2
