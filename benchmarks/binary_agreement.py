@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from compactnets.deploy.packed import export_packed, load_packed, read_packed
-from compactnets.deploy.packed_plan import PRECISIONS
+from compactnets.deploy.packed_plan import DEFAULT_PRECISION, PRECISIONS
 from compactnets.engine.evaluate import build_eval_loader, load_model
 from compactnets.layers import BinaryActivation, BinaryConv2d
 
@@ -133,8 +133,9 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, help="a fixed random subset of this many images")
     parser.add_argument("--threads", type=int, help="torch and kernel threads (default: torch's)")
     parser.add_argument("--packed-out", help="also keep the packed file here")
-    parser.add_argument("--precision", choices=PRECISIONS, default="exact",
-                        help="the runner's float layers (fast: bf16 where faster on this CPU)")  # fmt: skip
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help="the runner's float layers (exact: float32 in torch; fast: bf16x3 with float32's signs "
+                        "where faster on this CPU)")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:

@@ -68,8 +68,20 @@ class _BconvArgs(ctypes.Structure):
         *[(n, ctypes.c_int64) for n in ("out_pix_words", "out_groups", "out_channels_per_group", "out_group_words")],
         ("out_int8", ctypes.c_void_p),
         *[(n, ctypes.c_int64) for n in ("out_pad_h", "out_pad_w")],
-        *[(f"{n}_bytes", ctypes.c_int64) for n in ("input", "weight", "correction", "alpha", "bias", "threshold",
-                                                    "threshold_sign", "out_order", "out")],  # checked by cn_bconv
+        *[
+            (f"{n}_bytes", ctypes.c_int64)
+            for n in (
+                "input",
+                "weight",
+                "correction",
+                "alpha",
+                "bias",
+                "threshold",
+                "threshold_sign",
+                "out_order",
+                "out",
+            )
+        ],  # checked by cn_bconv
     ]
 
 
@@ -100,8 +112,14 @@ class _FconvArgs(ctypes.Structure):  # cn_fconv_args
         ("sign", ctypes.c_void_p),
         ("threshold", ctypes.c_void_p),
         ("out", _SignsOut),
-        *[(f"{n}_bytes", ctypes.c_int64) for n in ("input", "padded", "weight", "bias", "chunk_offset", "sign",
-                                                    "threshold", "out")],  # checked by cn_fconv_pack
+        *[
+            (f"{n}_bytes", ctypes.c_int64)
+            for n in ("input", "padded", "weight", "bias", "chunk_offset", "sign", "threshold", "out")
+        ],  # checked by cn_fconv_pack
+        *[(n, ctypes.c_void_p) for n in ("weight32", "l1", "row_max")],  # the float32 check of near-threshold signs
+        *[(f"{n}_bytes", ctypes.c_int64) for n in ("weight32", "l1", "row_max")],
+        ("weight_lo", ctypes.c_void_p),  # w = hi + lo: the second weight tiles
+        ("weight_lo_bytes", ctypes.c_int64),
     ]
 
 
@@ -144,8 +162,14 @@ def _load() -> ctypes.CDLL:
     lib.cn_fconv_pack.argtypes = [ctypes.POINTER(_FconvArgs), ctypes.c_int, ctypes.c_int]
     lib.cn_head.argtypes = [ptr, i64, i64, i64, ptr, ptr, i64, i64, ptr, *[i64] * 4, ctypes.c_int]
     lib.cn_fconv_supported.argtypes = [ctypes.c_int]
-    for name in ("cn_pack_signs_int8", "cn_maxpool_int8", "cn_avgpool_pack", "cn_fconv_pack", "cn_fconv_supported",
-                 "cn_head"):
+    for name in (
+        "cn_pack_signs_int8",
+        "cn_maxpool_int8",
+        "cn_avgpool_pack",
+        "cn_fconv_pack",
+        "cn_fconv_supported",
+        "cn_head",
+    ):
         getattr(lib, name).restype = ctypes.c_int
     return lib
 
@@ -631,9 +655,11 @@ def bf16_conv_paths() -> list[str]:
 class Bf16ConvSigns:
     """A float conv (groups 1) followed by :func:`pack_signs` with per-channel ``sign`` and ``threshold``, run in
     bfloat16 with float32 sums, on AMX tiles (``path="amx"``) or with AVX512-BF16 (``"avx512"``), for inputs of one
-    shape: input NCHW floats (any strides), output packed bits or +-1 bytes like :func:`pack_signs`. Rounding the
-    inputs and weights to bf16 moves the conv's outputs by about 2**-8 of their scale, so a sign whose value lies
-    that close to its threshold can differ from float32."""
+    shape: input NCHW floats (any strides), output packed bits or +-1 bytes like :func:`pack_signs`. Three bf16
+    products per term (x_hi w_hi + x_lo w_hi + x_hi w_lo) leave out at most ~2**-16 of sum |x| |w|, and every sign
+    whose value lies within that bound of its threshold is recomputed in float32 (``cn_fconv_pack``): the signs are
+    float32's. The bf16 input copy holds each pixel's C hi parts, then its C lo parts; a chunk of window elements
+    meets two weight tiles: w_hi against both parts, w_lo against the hi parts (0 against the lo ones)."""
 
     def __init__(self, weight, bias, stride, padding, dilation, sign, threshold, input_shape, *, groups=1,
                  out_format="bits", out_padding=(0, 0), path="amx"):  # fmt: skip
@@ -645,29 +671,34 @@ class Bf16ConvSigns:
         (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
         ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
         wp = w + 2 * pw
-        # Runs of contiguous window elements (channels-last): a window row of kernel_w pixels with dilation 1,
-        # else one tap; each cut into chunks of chunk_k elements (one tile load each).
+        # Runs of contiguous window elements (channels-last, 2C per pixel: hi parts, lo parts): a window row of
+        # kernel_w pixels with dilation 1, else one tap; each cut into chunks of chunk_k elements (one tile load).
+        pixel = [(part, ch) for part in range(2) for ch in range(c)]
         if dw == 1:
-            runs = [(kh_ * dh * wp * c, [(kh_, kw_, ch) for kw_ in range(kw) for ch in range(c)]) for kh_ in range(kh)]
+            runs = [(kh_ * dh * wp * 2 * c, [(kh_, kw_, *e) for kw_ in range(kw) for e in pixel]) for kh_ in range(kh)]
         else:
-            runs = [((kh_ * dh * wp + kw_ * dw) * c, [(kh_, kw_, ch) for ch in range(c)])
+            runs = [((kh_ * dh * wp + kw_ * dw) * 2 * c, [(kh_, kw_, *e) for e in pixel])
                     for kh_ in range(kh) for kw_ in range(kw)]  # fmt: skip
         chunk_k = 16 if max(len(e) for _, e in runs) <= 16 else 32
         chunks = [(start + i, elems[i : i + chunk_k]) for start, elems in runs for i in range(0, len(elems), chunk_k)]
         nb = -(-out_channels // 16)
-        tiles = np.zeros((nb * 16, len(chunks), chunk_k), dtype=np.float32)  # [out, chunk, element]
-        w_np = weight.detach().float().numpy()
+        w32 = weight.detach().float()
+        w_hi = w32.to(torch.bfloat16).float()
+        w_parts = (w_hi.numpy(), (w32 - w_hi).numpy())  # bf16(w) and what it left out
+        tiles = np.zeros((2, nb * 16, len(chunks), chunk_k), dtype=np.float32)  # [set, out, chunk, element]
         for ci, (_, elems) in enumerate(chunks):
-            taps = np.array(elems)
-            tiles[:out_channels, ci, : len(elems)] = w_np[:, taps[:, 2], taps[:, 0], taps[:, 1]]
-        # [out block][chunk][element pair][16 outputs][2]: TDPBF16PS's weight tile
-        tiles = tiles.reshape(nb, 16, len(chunks), chunk_k // 2, 2).transpose(0, 2, 3, 1, 4)
-        self.weight = torch.from_numpy(np.ascontiguousarray(tiles)).to(torch.bfloat16).view(torch.int16)
+            kh_, kw_, part, ch = np.array(elems).T
+            tiles[0, :out_channels, ci, : len(elems)] = w_parts[0][:, ch, kh_, kw_]  # w_hi against x_hi and x_lo
+            tiles[1, :out_channels, ci, : len(elems)] = w_parts[1][:, ch, kh_, kw_] * (part == 0)  # w_lo vs x_hi
+        # [set][out block][chunk][element pair][16 outputs][2]: TDPBF16PS's weight tiles
+        tiles = tiles.reshape(2, nb, 16, len(chunks), chunk_k // 2, 2).transpose(0, 1, 3, 4, 2, 5)
+        tiles = torch.from_numpy(np.ascontiguousarray(tiles)).to(torch.bfloat16).view(torch.int16)
+        self.weight, self.weight_lo = tiles[0].clone(), tiles[1].clone()  # own storage: 64-byte aligned
         self.offsets = torch.tensor([start for start, _ in chunks], dtype=torch.int64)
         self.bias = (bias if bias is not None else torch.zeros(out_channels)).detach().float().contiguous()
         self.sign, self.threshold = sign.float().contiguous(), threshold.float().contiguous()
-        size = n * (h + 2 * ph) * wp * c
-        self.padded = torch.zeros(size + (16 * sw + 1) * c + 64, dtype=torch.int16)  # zero border, then slack
+        size = n * (h + 2 * ph) * wp * 2 * c
+        self.padded = torch.zeros(size + (16 * sw + 1) * 2 * c + 64, dtype=torch.int16)  # zero border, then slack
         self.out, signs = _signs_out(out_format, None, n, ho, wo, out_channels, groups, out_padding)
         self.args = _FconvArgs(
             batch=n, channels=c, height=h, width=w, padded=self.padded.data_ptr(), weight=self.weight.data_ptr(),
@@ -676,8 +707,16 @@ class Bf16ConvSigns:
             chunks=len(chunks), chunk_k=chunk_k, chunk_offset=self.offsets.data_ptr(),
             sign=self.sign.data_ptr(), threshold=self.threshold.data_ptr(), out=signs,
         )  # fmt: skip
+        # float32 weights in (kh, kw, channel) order, their L1 norms, and max |x| per input row (written per call):
+        # what the kernel needs to recompute the signs bf16 rounding could have flipped
+        self.weight32 = weight.detach().float().permute(0, 2, 3, 1).contiguous()
+        self.l1 = self.weight32.abs().sum((1, 2, 3)).contiguous()
+        self.row_max = torch.zeros(n * h)
+        for name in ("weight32", "l1", "row_max", "weight_lo"):
+            setattr(self.args, name, getattr(self, name).data_ptr())
         lengths = dict(padded=self.padded, weight=self.weight, bias=self.bias, chunk_offset=self.offsets,
-                       sign=self.sign, threshold=self.threshold, out=self.out)  # fmt: skip
+                       sign=self.sign, threshold=self.threshold, out=self.out, weight32=self.weight32, l1=self.l1,
+                       row_max=self.row_max, weight_lo=self.weight_lo)  # fmt: skip
         for name, t in lengths.items():
             setattr(self.args, f"{name}_bytes", _nbytes(t))
         self.shape = tuple(input_shape)

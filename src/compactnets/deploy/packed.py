@@ -532,8 +532,9 @@ class PackedModel(nn.Module):
     ``torch.get_num_threads()`` at each call) sets the kernel's thread count. Each input shape and thread count gets
     an execution plan at its first call (:mod:`.packed_plan`): every binary layer's path (popcount or AMX) chosen by
     timing, unless ``kernel_path`` (or ``COMPACTNETS_BINARY_KERNEL``) forces one, and the float layers' precision
-    (``precision``: ``"exact"``, float32; ``"fast"``, bf16 where faster; None: ``COMPACTNETS_PACKED_PRECISION``,
-    else exact). :meth:`plan` shows what was chosen.
+    (``precision``: ``"exact"``, float32 in torch; ``"fast"``, a bf16x3 first conv with float32's signs where faster;
+    ``"bf16"``, that conv untimed; None: ``COMPACTNETS_PACKED_PRECISION``, else fast). :meth:`plan` shows what was
+    chosen.
     """
 
     def __init__(

@@ -8,16 +8,18 @@ only, never a bit. Each layer's producer (the previous conv's epilogue, the pack
 writes its signs in the format the chosen path reads: bits, or bytes inside a zero border as wide as the conv's
 padding (the float model pads sign(x) with 0; the popcount paths correct for it instead).
 
-Precision of the full-precision layers: ``"exact"`` runs them in float32, as the float model does (the runner then
-matches the float model up to float summation order); ``"fast"`` also times a bfloat16 form of a float conv that
-feeds a sign (the first layer of an XNOR net, on AMX tiles with float32 sums) and takes it where it is faster, as
-OpenVINO's default precision does on such CPUs. bf16 rounding moves that conv's outputs by about 2**-8 of their
-scale, so a sign lying that close to its threshold can flip (docs/binary-inference.md counts the predictions that
-change). Default: :data:`DEFAULT_PRECISION`, or the ``COMPACTNETS_PACKED_PRECISION`` environment variable.
+Precision of the full-precision layers: ``"exact"`` runs them in float32 with torch, as the float model does (the
+runner then matches it up to float summation order); ``"fast"`` (the default) also times a bfloat16 form of a float
+conv that feeds a sign (the first layer of an XNOR net: AMX bf16 tiles, or AVX512-BF16; three bf16 products per
+term, float32 sums) and takes it where it is faster; ``"bf16"`` takes it untimed. Its signs are float32's: each one
+whose value lies within the bf16 form's error bound of its threshold is recomputed in float32
+(:class:`~.binary_kernel.Bf16ConvSigns`). One bf16 product per term, as OpenVINO's default precision computes,
+changed 15 % of a trained nin_xnornet's CIFAR-10 predictions. Default: :data:`DEFAULT_PRECISION`, or the
+``COMPACTNETS_PACKED_PRECISION`` environment variable.
 
-Fused steps: float conv -> pack_signs (bf16, above); avg_pool2d -> pack_signs (one pass, torch's arithmetic); a 1x1
-float conv on channels-last floats runs as a matrix product and a global average pool as a mean (fewer torch
-calls on small tensors, where each costs more than its arithmetic).
+Fused steps: float conv -> pack_signs (bf16, above); avg_pool2d -> pack_signs (one pass, torch's arithmetic); the
+classifier head, 1x1 conv -> [ReLU] -> global average pool (one C pass); another 1x1 float conv on channels-last
+floats as a matrix product (fewer torch calls on small tensors, where each costs more than its arithmetic).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ import torch.nn.functional as F
 from . import binary_kernel as bk
 
 ENV_PRECISION = "COMPACTNETS_PACKED_PRECISION"
-PRECISIONS = ("exact", "fast")
-DEFAULT_PRECISION = "exact"
+PRECISIONS = ("exact", "fast", "bf16")
+DEFAULT_PRECISION = "fast"
 _SIGN_OPS = ("pack_signs", "binary_conv2d", "bit_max_pool2d")  # nodes whose output (bits mode) is signs
 
 
@@ -326,14 +328,18 @@ def _avg_pool_pack_op(runner, i, inputs, signs_out, threads) -> _Op:
 
 def _conv_pack_ops(plan, runner, i, inputs, signs_out) -> list[_Op]:
     """A float conv and the pack_signs after it: float32 in torch then the C packing, or (precision "fast") the
-    fused bf16 AMX conv, whichever is faster here."""
+    fused bf16x3 conv with float32 signs, whichever is faster here (precision "bf16": the latter)."""
     node, t, pack = runner.nodes[i], runner._node_tensors[i], runner._steps[i + 1][1]
     out = signs_out.get(i + 1, _Signs(groups=pack.groups))
     conv = _Op(_float_fn(node, t, runner._steps[i][1]), fresh=True)
     exact = [conv, _pack_op(pack, conv.fn(inputs[i]), out, plan.threads)]
-    paths = bk.bf16_conv_paths() if plan.precision == "fast" and node["groups"] == 1 else []
+    paths = bk.bf16_conv_paths() if plan.precision != "exact" and node["groups"] == 1 else []
     if not paths:
+        if plan.precision == "bf16" and node["groups"] == 1:
+            raise bk.BinaryKernelUnavailable("precision bf16: this CPU has no bf16 conv path (AMX or AVX512-BF16)")
         return exact
+    if plan.precision == "bf16":
+        paths = paths[:1]  # untimed: the first bf16 path (AMX where there are tiles)
     x, threads = inputs[i], plan.threads
     fused = {
         p: bk.Bf16ConvSigns(t["weight"], t.get("bias"), node["stride"], node["padding"], node["dilation"],
@@ -341,12 +347,15 @@ def _conv_pack_ops(plan, runner, i, inputs, signs_out) -> list[_Op]:
                             out_format=out.format, out_padding=out.padding, path=p)
         for p in paths
     }  # fmt: skip
-    calls = {"f32": lambda: exact[1].fn(exact[0].fn(x))}
-    for p, conv in fused.items():
-        calls[f"bf16 {p}"] = lambda conv=conv: conv(x, threads)
-        if threads > 1:  # as conv_candidates
-            calls[f"bf16 {p} x1"] = lambda conv=conv: conv(x, 1)
-    chosen, ms = fastest(calls)
+    if plan.precision == "bf16":
+        chosen, ms = f"bf16 {paths[0]}", {}
+    else:
+        calls = {"f32": lambda: exact[1].fn(exact[0].fn(x))}
+        for p, conv in fused.items():
+            calls[f"bf16 {p}"] = lambda conv=conv: conv(x, threads)
+            if threads > 1:  # as conv_candidates
+                calls[f"bf16 {p} x1"] = lambda conv=conv: conv(x, 1)
+        chosen, ms = fastest(calls)
     out_channels, in_channels, kh, kw = t["weight"].shape
     layer = f"float {in_channels}->{out_channels} {kh}x{kw} @{x.shape[2]}x{x.shape[3]} + pack"
     path, threads = _path_threads(chosen, threads)

@@ -27,6 +27,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
+#include <math.h>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define CN_X86 1
@@ -79,8 +80,9 @@ typedef struct {
     int8_t *out_int8;
     int64_t out_pad_h, out_pad_w;
     /* CN_ISA_AMX: `input` is int8 [N, H + 2 * pad_h, W + 2 * pad_w, groups * in_channels_per_group] with a zero
-     * border (the float model's zero padding of sign(x)) and 64 * (stride_w * channels + 1) readable bytes after
-     * it; `weight` holds int8 tiles [group][16 output channels][tap][64 input channels], see cn_amx_weight_bytes. */
+     * border (the float model's zero padding of sign(x)) and (16 * stride_w + 1) * channels + 64 readable bytes
+     * after it (the rows of the last tile past the last pixel); `weight` holds int8 tiles [group][16 output
+     * channels][tap][64 input channels] (binary_kernel.KernelWeights.amx_tiles). */
     /* Byte lengths of the buffers above from each pointer on, checked by cn_bconv (cn_bconv_ok). */
     int64_t input_bytes, weight_bytes, correction_bytes, alpha_bytes, bias_bytes, threshold_bytes, threshold_sign_bytes,
         out_order_bytes, out_bytes;
@@ -744,11 +746,6 @@ done:
     free(negative);
 }
 
-/* Bytes of the AMX weight tiles of a conv: [group][16 output channels][tap][64 input channels] tiles of 16 rows x 64
- * bytes, row r holding input channels 4r..4r+3 of each of the 16 output channels (zeros past the group's). */
-int64_t cn_amx_weight_bytes(int64_t groups, int64_t out_per_group, int64_t taps, int64_t in_per_group) {
-    return groups * ((out_per_group + 15) / 16) * taps * ((in_per_group + 63) / 64) * 1024;
-}
 #endif
 
 /* ---------------------------------------------------------------- argument checks -------------------------------- */
@@ -1200,12 +1197,22 @@ int cn_avgpool_pack(const float *x, int64_t batch, int64_t height, int64_t width
 /* A full-precision conv followed by pack_signs (the first layer of an XNOR net), in bfloat16 with float32 sums:
  * TDPBF16PS multiplies a 16 x K block of inputs (16 output pixels, K = chunk_k consecutive elements of their windows)
  * by a K x 16 block of weights. The input is first converted to bf16, channels-last, inside a zero border of the
- * conv's padding; a window row of kernel_w * channels elements is then contiguous (dilation 1), so a chunk is one
- * tile load. Chunk elements past a run have zero weights. Not bit-exact with float32: the runner's "fast" mode. */
+ * conv's padding; a window row of kernel_w pixels is then contiguous (dilation 1), so a chunk is one tile load.
+ * Chunk elements past a run have zero weights.
+ *
+ * Three bf16 products per term: x = x_hi + x_lo and w = w_hi + w_lo (hi = bf16(v), lo = bf16(v - hi)), and
+ * x * w ~ x_hi w_hi + x_lo w_hi + x_hi w_lo, which leaves out at most 3 * 2**-18 |x| |w| (x_lo w_lo and what bf16
+ * lo parts cannot hold). A pixel holds its C hi parts, then its C lo parts, so one chunk of inputs meets two weight
+ * tiles: `weight` (w_hi against both) and `weight_lo` (w_lo against the hi parts, 0 against the lo ones). The float32
+ * sums of those 2K products add at most (2K + 4) * 2**-24 * sum |x| |w|. One bf16 product alone moved outputs by up
+ * to 2**-8 of that: on a trained nin_xnornet it flipped 0.05 % of the first layer's signs and 15 % of the
+ * predictions. The signs are float32's: sum |x| |w| <= |w_c|_1 * max |x| over the window's rows (`l1`, `row_max`),
+ * and a sign whose value lies within that bound (x 1.25) of its threshold is recomputed in float32 from the float
+ * input and `weight32`. */
 typedef struct {
     const float *input; /* [N, C, H, W] at the given element strides */
     int64_t batch, channels, height, width, stride_n, stride_c, stride_y, stride_x;
-    uint16_t *padded; /* bf16 [N, H + 2 * pad_h, W + 2 * pad_w, C], zero border, then readable slack */
+    uint16_t *padded; /* bf16 [N, H + 2 * pad_h, W + 2 * pad_w, 2C] (hi, lo), zero border, then readable slack */
     const uint16_t *weight; /* [16 output channels][chunk] tiles of chunk_k / 2 rows x 16 x 2 bf16 */
     const float *bias;
     int64_t out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
@@ -1216,12 +1223,27 @@ typedef struct {
     /* Byte lengths of the buffers above from each pointer on, checked by cn_fconv_pack (cn_fconv_ok). */
     int64_t input_bytes, padded_bytes, weight_bytes, bias_bytes, chunk_offset_bytes, sign_bytes, threshold_bytes,
         out_bytes;
+    /* the float32 check: weights [out][kh][kw][C], their L1 norms [out], max |x| per input row [N * H] (written
+     * here), and those buffers' byte lengths */
+    const float *weight32, *l1;
+    float *row_max;
+    int64_t weight32_bytes, l1_bytes, row_max_bytes;
+    /* the second weight tiles, laid out as `weight` */
+    const uint16_t *weight_lo;
+    int64_t weight_lo_bytes;
 } cn_fconv_args;
 
 typedef struct {
     const cn_fconv_args *a;
     atomic_int status;
 } cn_fconv_call;
+
+static inline float from_bf16(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
 
 static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch's float -> bfloat16 (finite f) */
     uint32_t u;
@@ -1230,6 +1252,7 @@ static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch's f
     return (uint16_t)(u >> 16);
 }
 
+#ifdef CN_AMX
 CN_CLONES static void task_to_bf16(void *c, int index, int count) {
     const cn_fconv_args *a = ((cn_fconv_call *)c)->a;
     const int64_t wp = a->width + 2 * a->pad_w, hp = a->height + 2 * a->pad_h;
@@ -1237,12 +1260,74 @@ CN_CLONES static void task_to_bf16(void *c, int index, int count) {
     cn_share(a->batch * a->height, index, count, &begin, &end);
     for (int64_t r = begin; r < end; r++) {
         int64_t n = r / a->height, y = r % a->height;
-        uint16_t *out = a->padded + ((n * hp + y + a->pad_h) * wp + a->pad_w) * a->channels;
+        uint16_t *out = a->padded + ((n * hp + y + a->pad_h) * wp + a->pad_w) * 2 * a->channels;
         const float *in = a->input + n * a->stride_n + y * a->stride_y;
+        float largest = 0.0f;
         for (int64_t x = 0; x < a->width; x++)
-            for (int64_t ch = 0; ch < a->channels; ch++)
-                out[x * a->channels + ch] = to_bf16(in[x * a->stride_x + ch * a->stride_c]);
+            for (int64_t ch = 0; ch < a->channels; ch++) {
+                float v = in[x * a->stride_x + ch * a->stride_c];
+                uint16_t hi = to_bf16(v);
+                out[x * 2 * a->channels + ch] = hi;
+                out[(x * 2 + 1) * a->channels + ch] = to_bf16(v - from_bf16(hi));
+                largest = fabsf(v) > largest ? fabsf(v) : largest;
+            }
+        a->row_max[r] = largest;
     }
+}
+#endif
+
+/* Whether output pixel (n, oh, ow) of channel c is -1, from the float32 sum of its window. */
+static int fconv_negative(const cn_fconv_args *a, int64_t c, int64_t n, int64_t oh, int64_t ow) {
+    float exact = 0.0f; /* taps in (kh, kw, channel) order */
+    const float *w = a->weight32 + c * a->kernel_h * a->kernel_w * a->channels;
+    for (int64_t kh = 0; kh < a->kernel_h; kh++) {
+        int64_t ih = oh * a->stride_h - a->pad_h + kh * a->dilation_h;
+        for (int64_t kw = 0; kw < a->kernel_w; kw++, w += a->channels) {
+            int64_t iw = ow * a->stride_w - a->pad_w + kw * a->dilation_w;
+            if (ih < 0 || ih >= a->height || iw < 0 || iw >= a->width) continue;
+            const float *x = a->input + n * a->stride_n + ih * a->stride_y + iw * a->stride_x;
+            for (int64_t ch = 0; ch < a->channels; ch++) exact += x[ch * a->stride_c] * w[ch];
+        }
+    }
+    return !(a->sign[c] * (exact + a->bias[c]) >= a->threshold[c]);
+}
+
+/* max |x| over the input rows of output row oh's windows */
+static inline float fconv_window_max(const cn_fconv_args *a, int64_t n, int64_t oh) {
+    float largest = 0.0f;
+    for (int64_t kh = 0; kh < a->kernel_h; kh++) {
+        int64_t ih = oh * a->stride_h - a->pad_h + kh * a->dilation_h;
+        if (ih >= 0 && ih < a->height && a->row_max[n * a->height + ih] > largest)
+            largest = a->row_max[n * a->height + ih];
+    }
+    return largest;
+}
+
+/* The signs of output pixel p = (n, oh, ow) from its bf16x3 sums `row` [out_channels]: a vectorised pass decides
+ * every channel whose value clears its threshold by more than the rounding bound (see cn_fconv_args), then the few
+ * others are recomputed in float32. `unsure`: out_channels bytes of scratch. */
+static inline __attribute__((always_inline)) void fconv_signs(const cn_fconv_args *a, const float *restrict row,
+                                                              int64_t n, int64_t oh, int64_t ow, int64_t p,
+                                                              uint8_t *restrict negative, uint8_t *restrict unsure,
+                                                              bits_fn to_bits) {
+    const int64_t cout = a->out_channels, terms = 2 * a->chunks * a->chunk_k;
+    const float *restrict bias = a->bias, *restrict sign = a->sign, *restrict threshold = a->threshold;
+    const float *restrict l1 = a->l1;
+    const float scale = 1.25f * (3.0f * 0x1p-18f + (float)(terms + 4) * 0x1p-24f) * fconv_window_max(a, n, oh);
+    int any = 0;
+    for (int64_t j = 0; j < cout; j++) {
+        const float v = row[j] + bias[j], d = sign[j] * v - threshold[j];
+        /* an infinite threshold (a channel whose sign never changes) leaves d infinite: decided */
+        const float t = fabsf(threshold[j]) < 0x1p100f ? fabsf(threshold[j]) : 0x1p100f;
+        const float bound = scale * l1[j] + 0x1p-20f * (fabsf(v) + t) + 0x1p-100f;
+        negative[j] = d < 0.0f;
+        unsure[j] = !(fabsf(d) > bound);
+        any |= unsure[j];
+    }
+    if (any)
+        for (int64_t j = 0; j < cout; j++)
+            if (unsure[j]) negative[j] = (uint8_t)fconv_negative(a, j, n, oh, ow);
+    store_signs(&a->out, negative, p, n, oh, ow, to_bits);
 }
 
 #ifdef CN_AMX
@@ -1257,7 +1342,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq"))) 
     geometry.kernel_h = a->kernel_h, geometry.kernel_w = a->kernel_w, geometry.stride_h = a->stride_h;
     geometry.stride_w = a->stride_w, geometry.pad_h = a->pad_h, geometry.pad_w = a->pad_w;
     geometry.out_height = a->out_height, geometry.out_width = a->out_width;
-    const cn_tiling t = amx_tiling(&geometry, 2 * a->channels);
+    const cn_tiling t = amx_tiling(&geometry, 4 * a->channels); /* bytes per pixel: 2C bf16 */
     int64_t begin, end;
     cn_share((t.count + 1) / 2, index, count, &begin, &end);
     if (begin >= end) return;
@@ -1266,7 +1351,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq"))) 
     const int64_t unit_pixels = 2 * t.m, block_units = amx_block_units(unit_pixels, sums_width);
     float *sums = aligned_alloc(64, sizeof(float) * (size_t)(block_units * unit_pixels * sums_width));
     int64_t *origin = malloc(sizeof(int64_t) * (size_t)(2 * block_units));
-    uint8_t *negative = calloc((size_t)(cout + 64), 1);
+    uint8_t *negative = calloc((size_t)(2 * (cout + 64)), 1); /* and the unsure flags */
     if (!sums || !origin || !negative) {
         atomic_store(&call->status, -1);
         goto done;
@@ -1280,7 +1365,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq"))) 
     }
     _tile_loadconfig(&cfg);
     const char *input = (const char *)a->padded, *weight = (const char *)a->weight;
-    const float *restrict bias = a->bias, *restrict sign = a->sign, *restrict threshold = a->threshold;
+    const int64_t lo_weight = (const char *)a->weight_lo - weight;
     const size_t sums_stride = sizeof(float) * (size_t)sums_width;
     for (int64_t b0 = begin; b0 < end; b0 += block_units) { /* as task_amx: weights stay in L1 over a block */
         const int64_t b1 = b0 + block_units < end ? b0 + block_units : end;
@@ -1294,8 +1379,8 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq"))) 
             const char *w0 = weight + nb * wblock;
             for (int64_t u = b0; u < b1; u++) {
                 const int two = 2 * u + 1 < t.count;
-                const char *base0 = input + origin[2 * (u - b0)] * 2 * a->channels;
-                const char *base1 = input + origin[2 * (u - b0) + two] * 2 * a->channels;
+                const char *base0 = input + origin[2 * (u - b0)] * 4 * a->channels;
+                const char *base1 = input + origin[2 * (u - b0) + two] * 4 * a->channels;
                 _tile_zero(0);
                 _tile_zero(1);
                 _tile_zero(2);
@@ -1303,16 +1388,19 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq"))) 
                 for (int64_t k = 0; k < a->chunks; k++) {
                     const int64_t off = 2 * a->chunk_offset[k];
                     _tile_loadd(4, base0 + off, t.row_stride);
-                    _tile_loadd(6, w0 + k * wtile, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    if (two_ch) {
-                        _tile_loadd(7, w0 + wblock + k * wtile, 64);
-                        _tile_dpbf16ps(1, 4, 7);
-                    }
-                    if (two) {
-                        _tile_loadd(5, base1 + off, t.row_stride);
-                        _tile_dpbf16ps(2, 5, 6);
-                        if (two_ch) _tile_dpbf16ps(3, 5, 7);
+                    if (two) _tile_loadd(5, base1 + off, t.row_stride);
+                    for (int part = 0; part < 2; part++) { /* (x_hi, x_lo) w_hi, then x_hi w_lo */
+                        const char *w = w0 + (part ? lo_weight : 0) + k * wtile;
+                        _tile_loadd(6, w, 64);
+                        _tile_dpbf16ps(0, 4, 6);
+                        if (two_ch) {
+                            _tile_loadd(7, w + wblock, 64);
+                            _tile_dpbf16ps(1, 4, 7);
+                        }
+                        if (two) {
+                            _tile_dpbf16ps(2, 5, 6);
+                            if (two_ch) _tile_dpbf16ps(3, 5, 7);
+                        }
                     }
                 }
                 float *s0 = sums + (u - b0) * unit_pixels * sums_width + nb * 16, *s1 = s0 + t.m * sums_width;
@@ -1329,16 +1417,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq"))) 
                 int64_t n, oh, ow, p, rows = tile_pixels(&t, &geometry, 2 * u + i, &n, &oh, &ow, &p);
                 for (int64_t r = 0; r < rows; r++, next_pixel(&geometry, &n, &oh, &ow, &p)) {
                     const float *restrict row = sums + ((u - b0) * unit_pixels + i * t.m + r) * sums_width;
-                    const cn_signs_out *o = &a->out;
-                    if (o->mode == CN_OUT_INT8) { /* one pass */
-                        int8_t *restrict out = signs_bytes(o, n, oh, ow);
-                        for (int64_t j = 0; j < cout; j++)
-                            out[j] = sign[j] * (row[j] + bias[j]) >= threshold[j] ? 1 : -1;
-                        continue;
-                    }
-                    uint8_t *restrict neg = negative;
-                    for (int64_t j = 0; j < cout; j++) neg[j] = !(sign[j] * (row[j] + bias[j]) >= threshold[j]);
-                    store_signs(o, negative, p, n, oh, ow, bytes_to_bits_avx512);
+                    fconv_signs(a, row, n, oh, ow, p, negative, negative + cout + 64, bytes_to_bits_avx512);
                 }
             }
     }
@@ -1372,11 +1451,13 @@ static int cn_fconv_ok(const cn_fconv_args *a) {
         if (__builtin_mul_overflow(index[i][0] - 1, index[i][1], &term) || __builtin_add_overflow(last, term, &last))
             return 0;
     if (a->batch > 0 && !cn_fits(CN_PRODUCT(last + 1, 4), a->input_bytes)) return 0;
-    /* bf16 pixels inside the padding border; a chunk starts inside a window and runs at most 32 elements past its
-     * end (zero weights there), so the last tile's rows need 15 * stride_w pixels + 32 elements of slack */
-    const int64_t window = ((a->kernel_h - 1) * a->dilation_h * wp + (a->kernel_w - 1) * a->dilation_w + 1) * c;
-    const int64_t image = CN_PRODUCT(a->batch, a->height + 2 * a->pad_h, wp, c);
-    if (image < 0 || !cn_fits(2 * (image + 15 * a->stride_w * c + 32), a->padded_bytes) ||
+    /* bf16 pixels (2C elements: hi and lo parts) inside the padding border; a chunk starts inside a window and runs
+     * at most 32 elements past its end (zero weights there), so the last tile's rows need 15 * stride_w pixels + 32
+     * elements of slack */
+    const int64_t pe = 2 * c;
+    const int64_t window = ((a->kernel_h - 1) * a->dilation_h * wp + (a->kernel_w - 1) * a->dilation_w + 1) * pe;
+    const int64_t image = CN_PRODUCT(a->batch, a->height + 2 * a->pad_h, wp, pe);
+    if (image < 0 || !cn_fits(2 * (image + 15 * a->stride_w * pe + 32), a->padded_bytes) ||
         !cn_fits(CN_PRODUCT((cout + 15) / 16, a->chunks, a->chunk_k, 32), a->weight_bytes) ||
         !cn_fits(4 * cout, a->bias_bytes) || !cn_fits(4 * cout, a->sign_bytes) ||
         !cn_fits(4 * cout, a->threshold_bytes) || !cn_fits(8 * a->chunks, a->chunk_offset_bytes))
@@ -1402,13 +1483,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void task
     cn_share(total, index, count, &begin, &end);
     if (begin >= end) return;
     float *sums = aligned_alloc(64, sizeof(float) * (size_t)(2 * nblocks * 16));
-    uint8_t *negative = calloc((size_t)(cout + 64), 1);
+    uint8_t *negative = calloc((size_t)(2 * (cout + 64)), 1); /* and the unsure flags */
     if (!sums || !negative) {
         atomic_store(&call->status, -1);
         goto done;
     }
-    const uint16_t *weight = a->weight;
-    const float *restrict bias = a->bias, *restrict sign = a->sign, *restrict threshold = a->threshold;
     for (int64_t p0 = begin; p0 < end; p0 += 2) {
         const int two = p0 + 1 < end;
         int64_t n[2], oh[2], ow[2];
@@ -1418,7 +1497,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void task
             ow[j] = p % a->out_width;
             oh[j] = (p / a->out_width) % a->out_height;
             n[j] = p / (a->out_width * a->out_height);
-            in[j] = a->padded + ((n[j] * hp + oh[j] * a->stride_h) * wp + ow[j] * a->stride_w) * ch;
+            in[j] = a->padded + ((n[j] * hp + oh[j] * a->stride_h) * wp + ow[j] * a->stride_w) * 2 * ch;
         }
         for (int64_t nb0 = 0; nb0 < nblocks; nb0 += 6) {
             const int64_t group = nblocks - nb0 < 6 ? nblocks - nb0 : 6;
@@ -1427,16 +1506,17 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void task
             for (int64_t k = 0; k < a->chunks; k++) {
                 const int64_t off = a->chunk_offset[k];
                 for (int64_t r = 0; r < pairs; r++) {
-                    int32_t pair0, pair1 = 0;
+                    int32_t pair0, pair1 = 0; /* a pair of elements, against both weight tiles (as the AMX path) */
                     memcpy(&pair0, in[0] + off + 2 * r, sizeof(pair0));
                     if (two) memcpy(&pair1, in[1] + off + 2 * r, sizeof(pair1));
                     const __m512bh x0 = (__m512bh)_mm512_set1_epi32(pair0), x1 = (__m512bh)_mm512_set1_epi32(pair1);
-                    const uint16_t *w = weight + ((nb0 * a->chunks + k) * pairs + r) * 32;
+                    const int64_t w_at = ((nb0 * a->chunks + k) * pairs + r) * 32;
                     for (int q = 0; q < group; q++) {
-                        const void *wq = w + q * a->chunks * pairs * 32;
-                        const __m512bh wv = (__m512bh)_mm512_loadu_si512(wq);
-                        acc0[q] = _mm512_dpbf16_ps(acc0[q], x0, wv);
-                        acc1[q] = _mm512_dpbf16_ps(acc1[q], x1, wv);
+                        const int64_t wq = w_at + q * a->chunks * pairs * 32;
+                        const __m512bh wh = (__m512bh)_mm512_loadu_si512((const void *)(a->weight + wq));
+                        const __m512bh wl = (__m512bh)_mm512_loadu_si512((const void *)(a->weight_lo + wq));
+                        acc0[q] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc0[q], x0, wh), x0, wl);
+                        acc1[q] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc1[q], x1, wh), x1, wl);
                     }
                 }
             }
@@ -1445,12 +1525,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void task
                 _mm512_store_ps(sums + (nblocks + nb0 + q) * 16, acc1[q]);
             }
         }
-        for (int j = 0; j <= two; j++) {
-            const float *restrict row = sums + j * nblocks * 16;
-            uint8_t *restrict neg = negative;
-            for (int64_t o = 0; o < cout; o++) neg[o] = !(sign[o] * (row[o] + bias[o]) >= threshold[o]);
-            store_signs(&a->out, negative, p0 + j, n[j], oh[j], ow[j], bytes_to_bits_avx512);
-        }
+        for (int j = 0; j <= two; j++)
+            fconv_signs(a, sums + j * nblocks * 16, n[j], oh[j], ow[j], p0 + j, negative, negative + cout + 64,
+                        bytes_to_bits_avx512);
     }
 done:
     free(sums);
@@ -1480,6 +1557,12 @@ int cn_fconv_pack(const cn_fconv_args *a, int isa, int threads) {
 #ifdef CN_AMX
     if (!cn_fconv_ok(a)) return -3;
     if (a->out.channels != a->out_channels || a->chunk_k % 2 || a->chunk_k < 2 || a->chunk_k > 32) return -3;
+    if (!a->weight32 || !a->l1 || !a->row_max ||
+        !cn_fits(CN_PRODUCT(a->out_channels, a->kernel_h, a->kernel_w, a->channels, 4), a->weight32_bytes) ||
+        !cn_fits(CN_PRODUCT(a->out_channels, 4), a->l1_bytes) ||
+        !cn_fits(CN_PRODUCT(a->batch, a->height, 4), a->row_max_bytes) || !a->weight_lo ||
+        a->weight_lo_bytes < a->weight_bytes)
+        return -3;
     if (threads < 1) threads = 1;
     cn_fconv_call call = {a, 0};
     cn_parallel(task_to_bf16, &call, threads);
