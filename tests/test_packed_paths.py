@@ -9,6 +9,7 @@ import multiprocessing
 import pytest
 import torch
 import torch.nn.functional as F
+from test_packed import _with_bn_statistics  # trained-like BN statistics, a quarter of the scales negative
 
 from compactnets import create_model
 from compactnets.deploy import binary_kernel as bk
@@ -27,19 +28,6 @@ needs_bf16 = pytest.mark.skipif(
 def _signs(*shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 2, shape, generator=g).float() * 2 - 1
-
-
-def _with_bn_statistics(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                sign = torch.where(torch.rand(m.weight.shape, generator=g) < 0.25, -1.0, 1.0)
-                m.weight.copy_(sign * (torch.rand(m.weight.shape, generator=g) + 0.5))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model.eval()
 
 
 # (in, out, size, kernel, stride, padding, dilation, groups): padding wider than the kernel's reach, strides,

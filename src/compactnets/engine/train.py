@@ -502,14 +502,18 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         eval_progress = Progress(show_progress, f"eval after epoch {epoch + 1}", args.log_interval)
         return evaluate(evaluated, eval_loader, device, channels_last=args.channels_last, progress=eval_progress)
 
+    def weights() -> dict:
+        return {"state_dict": _unwrap(model).state_dict()} | (
+            {"state_dict_ema": ema.module.state_dict()} if ema is not None else {}
+        )
+
     def training_state(epoch: int, phase: int, optimizer, scheduler, **position) -> dict:
         """The checkpoint: weights, training state, and where in the run it stands (``position``)."""
         return {
             "version": CHECKPOINT_VERSION,
             "arch": args.model,
             "model_kwargs": model_kwargs,
-            "state_dict": _unwrap(model).state_dict(),
-            **({"state_dict_ema": ema.module.state_dict()} if ema is not None else {}),
+            **weights(),
             "pretrained_cfg": _plain(_unwrap(model).pretrained_cfg),
             "class_names": classes,
             "epoch": epoch,
@@ -551,8 +555,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         if dist_info.is_main:
             checkpoint = {
                 **state,
-                "state_dict": _unwrap(model).state_dict(),
-                **({"state_dict_ema": ema.module.state_dict()} if ema is not None else {}),  # BN re-estimated
+                **weights(),  # as evaluated: BN statistics re-estimated
                 "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state(),
                 "pending_eval": False,
             }  # fmt: skip
