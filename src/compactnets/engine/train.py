@@ -690,7 +690,9 @@ def _epoch_line(m: dict, epochs: int) -> str:
         line += f"  aux {m['aux_loss']:.4f}"
     if m["eval_top1"] is not None:
         line += f"  | eval loss {m['eval_loss']:.3f} top-1 {m['eval_top1']:.2f} top-5 {m['eval_top5']:.2f}"
-    return line + f"  | best {m['best_top1']:.2f}  ({m['epoch_time_s']:.0f}s)"
+    if m["best_top1"] is not None:  # None until the first evaluated epoch
+        line += f"  | best {m['best_top1']:.2f}"
+    return line + f"  ({m['epoch_time_s']:.0f}s)"
 
 
 def default_output(model: str) -> str:
