@@ -27,7 +27,7 @@ from compactnets.engine.loaders import build_training_data
 from compactnets.engine.precision import resolve_amp
 from compactnets.engine.progress import Progress
 from compactnets.engine.train import add_train_args, train_one_epoch
-from compactnets.registry import create_model, get_model_cfg
+from compactnets.models import create_model, get_model_cfg
 
 DEFAULT_MODELS = ("resnet32_s8u1_cifar10", "nin_xnornet")
 PATHS = ("fast", "dataloader")

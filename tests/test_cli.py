@@ -161,7 +161,7 @@ def test_malformed_recipes(run_cli, tmp_path, text, message):
 @pytest.mark.parametrize("name", list_recipes())
 def test_shipped_recipes_are_valid(name):
     values = recipe_defaults(add_train_args(__import__("argparse").ArgumentParser()), name)
-    assert compactnets.registry.is_model(values["model"])
+    assert compactnets.models.is_model(values["model"])
 
 
 def test_xnor_recipe_is_the_seed_run():

@@ -14,7 +14,7 @@ import compactnets.engine.train as engine
 from compactnets.checkpoint import CheckpointError, load_file, save_atomic
 from compactnets.data.classes import CIFAR10_CLASSES
 from compactnets.errors import ModelArgumentError
-from compactnets.registry import parse_model_kwargs
+from compactnets.models import parse_model_kwargs
 
 TINY = ["--model-kwargs", "channels=[16,16,16,16,16,16,16,16]"]
 RUN = [*TINY, "--batch-size", "10", "--epochs", "1", "--no-progress"]  # with --data: generated CIFAR pickles

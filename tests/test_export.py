@@ -19,7 +19,7 @@ from compactnets.checkpoint import PREPROCESSING_KEYS, save_atomic
 from compactnets.deploy import DeployError
 from compactnets.deploy import onnx as deploy_onnx
 from compactnets.deploy.onnx import export_onnx, load_onnx
-from compactnets.registry import model_family
+from compactnets.models import model_family
 
 
 @pytest.mark.parametrize("name", every_model())

@@ -19,7 +19,7 @@ from compactnets.data.transforms import to_model_input
 from compactnets.engine.distributed import DistInfo, ShardSampler
 from compactnets.engine.evaluate import build_eval_loader
 from compactnets.engine.precision import resolve_amp
-from compactnets.registry import get_model_cfg
+from compactnets.models import get_model_cfg
 
 CFG = get_model_cfg("nin")
 BGR_255 = {**CFG, "channel_order": "BGR", "pixel_range": 255.0, "mean": (104.0, 117.0, 123.0), "std": (1.0, 1.0, 1.0)}

@@ -5,7 +5,7 @@ import torch
 
 import compactnets
 from compactnets.checkpoint import CheckpointError, save_atomic
-from compactnets.registry import ModelArgumentError, UnknownModelError
+from compactnets.errors import ModelArgumentError, UnknownModelError
 
 ALL_MODELS = compactnets.list_models()
 REQUIRED_CFG = ("dataset", "num_classes", "input_size", "mean", "std", "channel_order", "pixel_range",

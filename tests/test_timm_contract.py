@@ -27,7 +27,9 @@ import torch
 from PIL import Image
 
 import compactnets
-from compactnets import registry, timm_bridge
+from compactnets import timm_bridge
+from compactnets.errors import UnknownModelError
+from compactnets.models import _registry
 from compactnets.checkpoint import CheckpointError, save_atomic
 from compactnets.convert import convert_checkpoint
 from compactnets.data import eval_transform
@@ -313,14 +315,14 @@ def bundled_tag(tmp_path, monkeypatch):
     weights = _randomize_bn(compactnets.create_model("nin_xnornet")).state_dict()
     path = tmp_path / "nin_xnornet.cifar10_short.safetensors"
     safetensors_torch.save_file({k: v.contiguous() for k, v in weights.items()}, path)
-    entry = registry._models["nin_xnornet"]
+    entry = _registry._models["nin_xnornet"]
     tagged = copy.deepcopy(entry.cfgs[""]) | {
         "tag": "cifar10_short",
         "file": str(path),  # absolute here; bundled files are relative to the package
         "training": dict(recipe="nin_xnornet_cifar10_short", epochs=12, data="CIFAR-10 train", top1=80.0),
     }
-    cfgs = registry._order_tags({"": entry.cfgs[""], "cifar10_short": tagged})  # in place of the shipped tag
-    monkeypatch.setitem(registry._models, "nin_xnornet", dataclasses.replace(entry, cfgs=cfgs))
+    cfgs = _registry._order_tags({"": entry.cfgs[""], "cifar10_short": tagged})  # in place of the shipped tag
+    monkeypatch.setitem(_registry._models, "nin_xnornet", dataclasses.replace(entry, cfgs=cfgs))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # timm warns that it overwrites its entry
         timm_bridge.register_all()
@@ -353,7 +355,7 @@ def test_pretrained_tags_load_the_bundled_file(bundled_tag):
     tuned = compactnets.create_model("nin_xnornet.cifar10_short", pretrained=True, num_classes=100)
     assert "top1" not in tuned.pretrained_cfg["training"] and "top1" not in tuned.pretrained_cfg["reference"]
     assert tuned.pretrained_cfg["num_classes"] == 100
-    with pytest.raises(registry.UnknownModelError, match="unknown pretrained tag 'nin_xnornet.cifar100'"):
+    with pytest.raises(UnknownModelError, match="unknown pretrained tag 'nin_xnornet.cifar100'"):
         compactnets.create_model("nin_xnornet.cifar100")
 
 

@@ -273,7 +273,7 @@ def _published_number(text):
 
 def _profile(args, parser, argv):
     from .profiler import format_layers, format_table, profile_model
-    from .registry import list_models
+    from .models import list_models
 
     if args.models and (args.all or args.family):
         raise OptionError("name models, or use --all or --family, not both")
@@ -306,7 +306,7 @@ def _list(args, parser, argv):
     import fnmatch
 
     from .engine.recipes import list_recipes, read_recipe
-    from .registry import get_model_cfg, list_models, model_family
+    from .models import get_model_cfg, list_models, model_family
 
     if args.recipes and args.pretrained:
         raise OptionError("--recipes and --pretrained list different things; choose one")
@@ -384,7 +384,7 @@ def _reproduce(args, parser, argv):
 
 def _convert(args, parser, argv):
     from .convert import convert_checkpoint
-    from .registry import model_family, parse_model_kwargs
+    from .models import model_family, parse_model_kwargs
 
     family = args.family or model_family(args.model)
     kwargs = parse_model_kwargs(args.model_kwargs, args.model)
@@ -403,7 +403,7 @@ def _load_shipped(args):
 def _export(args, parser, argv):
     from .deploy import FORMATS
     from .engine.evaluate import label_names, load_model
-    from .registry import create_model
+    from .models import create_model
 
     if args.checkpoint:
         model, ckpt = load_model(args.checkpoint, args.model)
@@ -435,7 +435,7 @@ def _bench(args, parser, argv):
     from pathlib import Path
 
     from .deploy import bench
-    from .registry import list_models
+    from .models import list_models
 
     names = []
     for pattern in args.models + (list(bench.DEFAULT_ANCHORS) if args.anchors else []):
@@ -556,7 +556,7 @@ def _predict_args(p):
 
 def _profile_args(p):
     from .profiler import CONVENTIONS
-    from .registry import list_families
+    from .models import list_families
 
     p.add_argument("models", nargs="*", help="model names")
     p.add_argument("--all", action="store_true", help="every registered model")
@@ -569,7 +569,7 @@ def _profile_args(p):
 
 
 def _list_args(p):
-    from .registry import list_families
+    from .models import list_families
 
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'nin*' (models or recipes)")
     p.add_argument("--family", choices=list_families())
@@ -626,7 +626,7 @@ def _reproduce_args(p):
 
 
 def _convert_args(p):
-    from .registry import list_families
+    from .models import list_families
 
     p.add_argument("--family", choices=list_families(), help="default: the family of --model")
     p.add_argument("--model", required=True, help="model name")

@@ -13,7 +13,7 @@ from .checkpoint import (
     save_atomic,
 )
 from .data import class_names
-from .registry import create_model, get_converter, get_model_cfg, model_family
+from .models import create_model, get_converter, get_model_cfg, model_family
 
 
 def convert_checkpoint(

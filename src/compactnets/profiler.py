@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .layers import BinaryConv2d, DynamicShiftMax, SharedBasisConv2d
-from .registry import create_model, get_model_cfg
+from .models import create_model, get_model_cfg
 
 
 def count_params(model: nn.Module) -> int:

@@ -39,7 +39,7 @@ def timm_cfg(name: str, cfg: dict) -> dict:
         notes = f"{bgr_warning(name)} {notes}".strip()
     out = {k: cfg[k] for k in _TIMM_CFG_KEYS} | _timm_normalisation(cfg) | {"paper_name": cfg["paper"], "notes": notes}
     if cfg["file"]:
-        from .registry import bundled_weights_file  # the registry imports torch: only once timm is in use
+        from .models import bundled_weights_file  # the registry imports torch: only once timm is in use
 
         out["file"] = str(bundled_weights_file(name))
     return out
@@ -74,7 +74,7 @@ def _entrypoint(name: str):
         built = {}
 
         def build(**kw):
-            from .registry import create_model
+            from .models import create_model
 
             built["model"] = model = create_model(tagged, pretrained=weights, **kw)
             built["cfg"] = model.pretrained_cfg  # the builder replaces it by timm's
@@ -110,7 +110,7 @@ def register_all() -> list[str]:
     """Register every compactnets model with timm; names timm already uses are left to timm."""
     from timm.models import generate_default_cfgs, is_model, register_model
 
-    from .registry import list_models, pretrained_tags
+    from .models import list_models, pretrained_tags
 
     registered = []
     for name in list_models():

@@ -138,7 +138,7 @@ def create_bench_model(name: str) -> nn.Module:
         cfg = {"channel_order": "RGB", "pixel_range": 1.0, **model.pretrained_cfg}
         model.pretrained_cfg = dict(cfg, architecture=name)
     else:
-        from ..registry import create_model
+        from ..models import create_model
 
         model = create_model(name)
     return model.eval()

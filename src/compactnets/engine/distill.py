@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import OptionError
-from ..registry import is_model
+from ..models import is_model
 from .evaluate import load_model, load_shipped
 
 # The preprocessing the teacher must share with the student: it sees the same tensors.

@@ -22,7 +22,7 @@ from ..checkpoint import (
 from ..data import DataError, ImageReadError, build_dataset, class_names, eval_transform, load_rgb_image
 from ..data.classes import match_classes
 from ..data.datasets import RelabelledDataset, subset_indices
-from ..registry import create_model, get_model_cfg, is_model
+from ..models import create_model, get_model_cfg, is_model
 from .distributed import DistInfo, ShardSampler, all_reduce_sum
 
 IN_MEMORY_KINDS = ("embedded", "cifar10", "cifar100")

@@ -27,7 +27,7 @@ from ..checkpoint import load_file
 from ..data.classes import CIFAR10_CLASSES
 from ..data.datasets import EMBEDDED_FILE, detect_kind
 from ..errors import ReproduceError
-from ..registry import get_model_cfg
+from ..models import get_model_cfg
 from .recipes import RecipeError, list_recipes, read_recipe
 
 SHARED_BASES_CIFAR10 = (

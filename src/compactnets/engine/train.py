@@ -47,7 +47,7 @@ from ..data import detect_kind
 from ..data.datasets import KINDS
 from ..data.transforms import AUGMENTATIONS
 from ..errors import OptionError
-from ..registry import create_model, get_model_cfg, parse_model_kwargs
+from ..models import create_model, get_model_cfg, parse_model_kwargs
 from .batchnorm import reestimate_bn
 from .distill import distillation_loss, load_teacher
 from .distributed import device_description, init_distributed, resolve_device, shutdown_distributed

@@ -1,5 +1,41 @@
-"""Model families; importing this package registers every model."""
+"""Model families and the API over them; importing this package registers every model.
+
+``_registry`` stores constructors and configs, ``_factory`` creates models by name, ``_builder`` builds them from
+configs and checkpoints. Family modules import ``_registry`` only, so the store never imports a family.
+"""
 
 from . import micronet, nin, shared_bases, shufflenetv2
+from ._factory import create_model, parse_model_kwargs
+from ._registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    bundled_weights_file,
+    get_converter,
+    get_model_cfg,
+    is_model,
+    list_families,
+    list_models,
+    model_family,
+    pretrained_tags,
+    split_model_name_tag,
+)
 
-__all__ = ["micronet", "nin", "shared_bases", "shufflenetv2"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "bundled_weights_file",
+    "create_model",
+    "get_converter",
+    "get_model_cfg",
+    "is_model",
+    "list_families",
+    "list_models",
+    "micronet",
+    "model_family",
+    "nin",
+    "parse_model_kwargs",
+    "pretrained_tags",
+    "shared_bases",
+    "shufflenetv2",
+    "split_model_name_tag",
+]

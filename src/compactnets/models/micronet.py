@@ -37,7 +37,7 @@ from ..layers import (
     fold_bn,
     shuffle_perm,
 )
-from ..registry import model_cfg, register_converter, register_model
+from ._registry import model_cfg, register_converter, register_model
 from ._features import FeatureStages, identity_after
 
 FAMILY = "micronet"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..layers import BinaryActivation, BinaryConv2d, ChannelShuffle
-from ..registry import model_cfg, register_converter, register_model, shipped_cfg
+from ._registry import model_cfg, register_converter, register_model, shipped_cfg
 from ._features import FeatureStages, identity_after
 
 FAMILY = "xnor-net"

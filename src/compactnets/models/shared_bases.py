@@ -33,7 +33,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError
 from ..layers import SharedBasisConv2d, basis_similarity, refer_to
-from ..registry import IMAGENET_MEAN, IMAGENET_STD, model_cfg, register_converter, register_model, shipped_cfg
+from ._registry import IMAGENET_MEAN, IMAGENET_STD, model_cfg, register_converter, register_model, shipped_cfg
 from ._features import FeatureStages, identity_after
 
 FAMILY = "shared-bases"

@@ -37,7 +37,7 @@ from torch import nn
 from .. import safe_pickle
 from ..checkpoint import CheckpointError
 from ..layers import WeightNet, WeightNetDW
-from ..registry import model_cfg, register_converter, register_model
+from ._registry import model_cfg, register_converter, register_model
 from ._features import FeatureStages, identity_after
 
 FAMILY = "weightnet"

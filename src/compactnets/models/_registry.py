@@ -1,4 +1,5 @@
-"""Model registry and default configs, following timm's contract.
+"""The model store: registered constructors, their default configs and pretrained tags, and converters, as timm's
+``_registry``.
 
 A family module (``compactnets/models/<family>.py``) defines ``FAMILY``, a ``default_cfgs`` dict built with
 :func:`model_cfg`, and one thin constructor per variant decorated with :func:`register_model`; the constructor's
@@ -11,21 +12,17 @@ default tag (one ending in ``*``, else the first with weights, else the first). 
 
 from __future__ import annotations
 
-import ast
 import copy
 import difflib
 import fnmatch
-import inspect
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from torch import nn
 
-from .errors import ModelArgumentError, UnknownModelError
+from ..errors import UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -127,91 +124,6 @@ _models: dict[str, _Entry] = {}
 _converters: dict[str, Converter] = {}
 
 
-_WORDS = {"true": True, "false": False, "none": None, "null": None}  # as YAML/JSON users write them
-
-
-def _literal(text: str):
-    if text.strip().lower() in _WORDS:
-        return _WORDS[text.strip().lower()]
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return text  # a bare word: a string
-
-
-def _type_name(annotation) -> str:
-    if isinstance(annotation, type) and get_origin(annotation) is None:
-        return annotation.__name__
-    return str(annotation).replace("typing.", "").replace("collections.abc.", "")
-
-
-def _matches(value, annotation) -> bool:
-    """Whether ``value`` (a Python literal) is of the annotated type; unknown annotations accept anything."""
-    if annotation in (inspect.Parameter.empty, Any):
-        return True
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin in (Union, UnionType):
-        return any(_matches(value, a) for a in args)
-    if origin is Literal:
-        return value in args
-    if annotation is type(None):
-        return value is None
-    if annotation in (int, float, bool, str):
-        if isinstance(value, bool):  # bool is an int subclass: True is not a width
-            return annotation is bool
-        return isinstance(value, (int, float) if annotation is float else annotation)
-    if origin in (list, tuple, Sequence):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
-        return not args or all(_matches(v, args[0]) for v in value)
-    return isinstance(value, annotation) if isinstance(annotation, type) else True
-
-
-def _constructor_signature(name: str) -> tuple[dict[str, inspect.Parameter], dict] | None:
-    """The keyword arguments of the class a registered constructor returns, with their type hints;
-    None when they cannot be known (no return annotation, or the class takes ``**kwargs``)."""
-    try:
-        cls = get_type_hints(_entry(name).fn).get("return")
-        if not isinstance(cls, type):
-            return None
-        params = inspect.signature(cls.__init__).parameters
-        hints = get_type_hints(cls.__init__)
-    except (NameError, TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {k: p for k, p in params.items() if k != "self" and p.kind in keywords}, hints
-
-
-def parse_model_kwargs(items: list[str], model: str | None = None) -> dict:
-    """``["channels=[48, 40]", "binary=false"]`` -> ``{"channels": [48, 40], "binary": False}``.
-
-    Values are Python literals (``true``/``false``/``none`` in any case too; anything else is a string). With
-    ``model``, each key must be an argument of its constructor and each value of that argument's type.
-    """
-    kwargs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ModelArgumentError(f"--model-kwargs takes KEY=VALUE items, got {item!r}")
-        kwargs[key] = _literal(value)
-    signature = _constructor_signature(model) if model and kwargs else None
-    if signature:
-        params, hints = signature
-        for key, value in kwargs.items():
-            if key not in params:
-                raise ModelArgumentError(f"{model} takes no argument {key!r}; it takes {', '.join(params)}")
-            annotation = hints.get(key, inspect.Parameter.empty)
-            if not _matches(value, annotation):
-                raise ModelArgumentError(
-                    f"--model-kwargs {key}={value!r}: {model} expects {_type_name(annotation)} for {key}"
-                )
-    return kwargs
-
-
 def split_model_name_tag(name: str) -> tuple[str, str]:
     """``'arch.tag'`` -> ``('arch', 'tag')``; ``'arch'`` -> ``('arch', '')``."""
     arch, _, tag = name.partition(".")
@@ -255,21 +167,13 @@ def register_converter(family: str, filter_fn, reader=None, model_kwargs: Mappin
 
 
 def get_converter(family: str) -> Converter:
-    _families_loaded()
     if family not in _converters:
         raise ValueError(f"no converter for family {family!r}; known: {', '.join(sorted(_converters))}")
     return _converters[family]
 
 
-def _families_loaded() -> dict[str, _Entry]:
-    """The registry, once every family module has registered its models (imported on first use)."""
-    from . import models  # noqa: F401
-
-    return _models
-
-
-def _entry(name: str) -> _Entry:
-    _families_loaded()
+def model_entry(name: str) -> _Entry:
+    """The registered constructor, family and configs of ``name`` (``arch`` or ``arch.tag``)."""
     arch, _ = split_model_name_tag(name)
     if arch not in _models:
         close = difflib.get_close_matches(arch, list(_models), n=3, cutoff=0.5)
@@ -278,8 +182,9 @@ def _entry(name: str) -> _Entry:
     return _models[arch]
 
 
-def _tag_cfg(name: str) -> tuple[_Entry, dict]:
-    entry = _entry(name)
+def resolve_tag(name: str) -> tuple[_Entry, dict]:
+    """The entry of ``name`` and the config of its tag (the default tag when none is given)."""
+    entry = model_entry(name)
     _, tag = split_model_name_tag(name)
     tag = tag or entry.default_tag
     if tag not in entry.cfgs:
@@ -289,14 +194,14 @@ def _tag_cfg(name: str) -> tuple[_Entry, dict]:
 
 
 def is_model(name: str) -> bool:
-    return split_model_name_tag(name)[0] in _families_loaded()
+    return split_model_name_tag(name)[0] in _models
 
 
 def list_models(pattern: str = "*", family: str | None = None, pretrained: bool = False) -> list[str]:
     """Registered model names matching a shell-style pattern, optionally of one family, sorted. With
     ``pretrained``, the ``arch.tag`` names that have bundled weights (as timm's ``list_models(pretrained=True)``)."""
     names = []
-    for arch, entry in _families_loaded().items():
+    for arch, entry in _models.items():
         if family is not None and entry.family != family:
             continue
         if pretrained:
@@ -307,26 +212,26 @@ def list_models(pattern: str = "*", family: str | None = None, pretrained: bool 
 
 
 def list_families() -> list[str]:
-    return sorted({e.family for e in _families_loaded().values()})
+    return sorted({e.family for e in _models.values()})
 
 
 def model_family(name: str) -> str:
-    return _entry(name).family
+    return model_entry(name).family
 
 
 def get_model_cfg(name: str) -> dict:
     """The default config of ``name`` (``arch`` or ``arch.tag``)."""
-    return copy.deepcopy(_tag_cfg(name)[1])
+    return copy.deepcopy(resolve_tag(name)[1])
 
 
 def pretrained_tags(name: str) -> dict[str, dict]:
     """Every tag of the architecture ``name`` and its config, the default first."""
-    return copy.deepcopy(_entry(name).cfgs)
+    return copy.deepcopy(model_entry(name).cfgs)
 
 
 def bundled_weights_file(name: str) -> Path:
     """The weights file of ``name``'s (default) tag; a clear error when it has none."""
-    entry, cfg = _tag_cfg(name)
+    entry, cfg = resolve_tag(name)
     if not cfg["file"]:
         arch = split_model_name_tag(name)[0]
         tagged = [f"{arch}.{t}" for t, c in entry.cfgs.items() if c["file"]]
@@ -337,86 +242,4 @@ def bundled_weights_file(name: str) -> Path:
             f"convert --family {entry.family} --model {arch} <official file> {arch}.pth` (or train one) and "
             f"pass pretrained='{arch}.pth'{notes}"
         )
-    return Path(__file__).parent / cfg["file"]
-
-
-def cfg_for_num_classes(cfg: dict, num_classes: int) -> dict:
-    """The config of a model whose classifier was replaced by one of ``num_classes`` (0: removed): the
-    published and measured accuracies belong to the original classifier and are dropped."""
-    if num_classes == cfg["num_classes"]:
-        return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg["num_classes"] = num_classes
-    cfg["reference"] = {k: v for k, v in cfg["reference"].items() if k not in ("top1", "top5")}
-    cfg["training"] = {k: v for k, v in cfg["training"].items() if k not in ("top1", "top5")}
-    head = f"a new {num_classes}-class classifier" if num_classes else "no classifier"
-    cfg["notes"] = f"{head} (accuracies of the {cfg['dataset']} model do not apply)" + (
-        f"; {cfg['notes']}" if cfg["notes"] else ""
-    )
-    return cfg
-
-
-def create_model(
-    name: str,
-    pretrained: bool | str | Path = False,
-    num_classes: int | None = None,
-    features_only: bool = False,
-    out_indices: int | tuple[int, ...] | None = None,
-    **kwargs,
-) -> nn.Module:
-    """Build a registered model, as ``timm.create_model`` does.
-
-    Args:
-        name: a name from :func:`list_models`, optionally with a pretrained tag (``'nin_xnornet.cifar10'``).
-        pretrained: ``False``; ``True`` for the weights bundled with the package for the (default) tag; or a
-            path: a compactnets checkpoint (its ``model_kwargs``, from ``compactnets convert --model-kwargs``,
-            are applied), or any ``.pth`` / ``.safetensors`` file holding a state dict in this model's layout.
-        num_classes: classifier width; defaults to the config's. With pretrained weights, another width (0: no
-            classifier) drops the pretrained classifier, the new one keeps its initialisation.
-        features_only: return timm's feature extractor (a list of the ``feature_info`` maps; needs timm).
-        out_indices: the ``feature_info`` levels it returns (default: all).
-        **kwargs: passed to the model constructor (``in_chans``: pretrained first-conv weights are adapted as
-            timm's ``adapt_input_conv`` does; ``global_pool``; family options).
-    """
-    entry, cfg = _tag_cfg(name)
-    arch, _ = split_model_name_tag(name)
-    checkpoint = None
-    if pretrained:
-        from .checkpoint import read_weights
-
-        source = bundled_weights_file(name) if pretrained is True else Path(pretrained)
-        checkpoint = read_weights(source)
-        kwargs = {**checkpoint.get("model_kwargs", {}), **kwargs}
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    try:
-        model = entry.fn(**kwargs)
-    except TypeError as e:
-        if "unexpected keyword argument" not in str(e):
-            raise
-        raise ModelArgumentError(f"{arch}: {e}") from e
-    model.pretrained_cfg = cfg_for_num_classes(copy.deepcopy(cfg), model.num_classes)
-    model.pretrained_cfg["architecture"] = arch
-    model.default_cfg = model.pretrained_cfg  # timm's alias
-    if checkpoint is not None:
-        from .checkpoint import load_pretrained
-
-        load_pretrained(model, checkpoint, what=f"checkpoint {source}")
-    if features_only:
-        model = feature_extractor(model, out_indices)
-    return model
-
-
-def feature_extractor(model: nn.Module, out_indices: int | tuple[int, ...] | None = None) -> nn.Module:
-    """timm's ``FeatureGetterNet`` over ``model.forward_intermediates``: a list of the feature maps of the
-    ``feature_info`` levels in ``out_indices`` (default: all), the unused layers pruned."""
-    try:
-        from timm.models._features import FeatureGetterNet
-    except ImportError as e:
-        raise ModelArgumentError("features_only=True uses timm's feature wrappers: pip install timm") from e
-    if out_indices is None:
-        out_indices = tuple(range(len(model.feature_info)))
-    cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier")}
-    features = FeatureGetterNet(model, out_indices=out_indices)
-    features.pretrained_cfg = features.default_cfg = cfg
-    return features
+    return Path(__file__).parent.parent / cfg["file"]  # relative to the package
