@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
-from compactnets.deploy.packed import export_packed, load_packed, read_packed
+from compactnets.deploy.packed_export import export_packed
 from compactnets.deploy.packed_plan import DEFAULT_PRECISION, PRECISIONS
-from compactnets.engine.evaluate import build_eval_loader, load_model
+from compactnets.deploy.packed_runtime import load_packed, read_packed
+from compactnets.engine.evaluate import build_eval_loader, checkpoint_path, load_model
 from compactnets.layers import BinaryActivation, BinaryConv2d
+from compactnets.models import Checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import environment  # noqa: E402
@@ -140,16 +142,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, ckpt = load_model(args.checkpoint)
+    model = load_model(args.checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         packed = Path(args.packed_out) if args.packed_out else tmp / "model.packed.safetensors"
-        export_packed(model, packed, class_names=ckpt.get("class_names"))
+        export_packed(model, packed, class_names=model.class_names)
         runner = load_packed(packed, threads=args.threads, precision=args.precision)
         row = {
             "model": model.pretrained_cfg["architecture"],
             "checkpoint": args.checkpoint,
-            "epoch": ckpt.get("epoch"),
+            "epoch": Checkpoint.read(checkpoint_path(args.checkpoint)).training.get("epoch"),
             "machine": environment(),
             "precision": args.precision,
             "checkpoint_bytes": Path(args.checkpoint).stat().st_size,

@@ -17,7 +17,6 @@ plan times them). Weights are random (speed does not depend on their values) unl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -30,10 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from compactnets import create_model
+from compactnets.cpu import cpu_flags
 from compactnets.deploy import binary_kernel as bk
 from compactnets.deploy import packed_plan
 from compactnets.deploy.onnx import export_onnx
-from compactnets.deploy.packed import export_packed, load_packed
+from compactnets.deploy.packed_export import export_packed
+from compactnets.deploy.packed_runtime import load_packed
 from compactnets.engine.evaluate import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -44,12 +45,11 @@ FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni", "avx5
          "amx_bf16")  # fmt: skip
 
 
-def cpu_flags() -> str:
-    with contextlib.suppress(OSError, StopIteration):
-        line = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
-        have = set(line.split(":", 1)[1].split())
-        return " ".join(f for f in FLAGS if f in have) or "none of " + " ".join(FLAGS)
-    return "unknown"
+def flags_line() -> str:
+    have = cpu_flags()
+    if not have:
+        return "unknown"
+    return " ".join(f for f in FLAGS if f in have) or "none of " + " ".join(FLAGS)
 
 
 # ---------------------------------------------------------------------------------------------------- layers
@@ -184,8 +184,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     thread_counts = args.threads or sorted({1, os.cpu_count() or 1})
     name = args.model
-    model = load_model(args.checkpoint)[0] if args.checkpoint else _randomized(name)
-    print(f"{environment()}\nCPU flags: {cpu_flags()}; binary paths: {', '.join(bk.supported_paths())}")
+    model = load_model(args.checkpoint) if args.checkpoint else _randomized(name)
+    print(f"{environment()}\nCPU flags: {flags_line()}; binary paths: {', '.join(bk.supported_paths())}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         onnx = {}

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from compactnets import create_model
-from compactnets.deploy.packed import export_packed
+from compactnets.deploy.packed_export import export_packed
 
 sys.path.insert(0, str(Path(__file__).parent))
 from binary_agreement import sizes  # noqa: E402

@@ -1,12 +1,13 @@
 """What the benchmark scripts share: the machine line, non-trivial BN statistics, and the interleaved timer
-(from :mod:`compactnets.deploy.bench`)."""
+(from :mod:`compactnets.deploy.bench` and :mod:`compactnets.deploy.bench_report`)."""
 
 from __future__ import annotations
 
 import torch
 
 from compactnets.deploy.bench import environment as bench_environment
-from compactnets.deploy.bench import environment_line, time_interleaved
+from compactnets.deploy.bench import time_interleaved
+from compactnets.deploy.bench_report import environment_line
 
 __all__ = ["environment", "randomize_bn", "time_interleaved"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import pickle
 from pathlib import Path
 
@@ -15,7 +17,28 @@ from compactnets.cli import main as cli_main
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 
-torch.set_num_threads(2)
+# One intra-op thread per xdist worker: `make test` runs a worker per core, and more threads than cores make
+# OpenMP's spinning threads wait for each other. Tests of multi-threaded paths set their thread counts.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SIGNAL_STACK = _SignalStack()
+_libc.sigaltstack(None, ctypes.byref(_SIGNAL_STACK))  # the main thread's, as pytest's faulthandler set it
+
+
+@pytest.fixture(autouse=True)
+def _restore_the_signal_stack():
+    """OpenVINO's CPU plugin gives the thread that compiles a model an alternate signal stack of its own (20,144
+    bytes, seen with strace -k) and leaves it there. Later in the same process a Python signal handler (torch's
+    SIGCHLD handler, as a subprocess ends) killed the xdist worker with SIGSEGV (SI_KERNEL, signal delivery
+    failed): put back the stack the test process started with after every test."""
+    yield
+    _libc.sigaltstack(ctypes.byref(_SIGNAL_STACK), None)
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,10 @@ import torch
 from test_deploy import randomize_bn
 
 import compactnets
-from compactnets.deploy import DeployError, bench, binary_kernel, example_input
+from compactnets.counting import flop_counter_macs
+from compactnets.deploy import DeployError, bench, bench_models, bench_report, binary_kernel, example_input
 from compactnets.deploy.onnx import CHECK_RTOL
-from compactnets.profiler import count_params, flop_counter_macs
+from compactnets.profiler import count_params
 
 ROW_KEYS = {
     "model", "backend", "kernel", "precision", "memory_format", "input_size", "params", "macs", "latency_ms_median",
@@ -44,7 +45,7 @@ def test_run_bench_rows_and_environment():
     assert rows[0].params == count_params(model)  # the profiler's figures, at the benchmarked input size
     assert rows[0].macs == flop_counter_macs(model, torch.zeros(1, 3, 32, 32))[0] > 0
     assert env["threads"] == 1 and env["runs"] == 3 and env["torch"] and env["onnxruntime"] and env["cpu"]
-    table = bench.format_table(rows)
+    table = bench_report.format_table(rows)
     assert table.splitlines()[0].split()[:2] == ["model", "backend"] and len(table.splitlines()) == 7
     assert sum(line.rstrip().endswith("*") for line in table.splitlines()) == 2  # one best backend per model
 
@@ -106,7 +107,7 @@ def _openvino_default_precision() -> str:
 @needs_openvino
 @pytest.mark.parametrize("name", ["nin", "micronet_m0_cifar"])
 def test_openvino_backends_match_pytorch(name, tmp_path):
-    model = bench.create_bench_model(name)
+    model = bench_models.create_bench_model(name)
     randomize_bn(model)
     default = _openvino_default_precision()
     errors = {}
@@ -157,13 +158,13 @@ def test_missing_openvino_is_one_line(run_cli, monkeypatch):
 
 
 def test_openvino_is_imported_only_when_used():
-    code = "import sys, compactnets.deploy.bench, compactnets.deploy.onnx; print('openvino' in sys.modules)"
+    code = "import sys, compactnets.deploy.bench_report, compactnets.deploy.onnx; print('openvino' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
 
 def test_runs_saved_before_the_precision_column_still_load():
     saved = Path(__file__).parents[1] / "benchmarks" / "results" / "bench_cifar_1thread.json"
-    rows, env = bench.rows_from_json(saved.read_text())
+    rows, env = bench_report.rows_from_json(saved.read_text())
     assert rows and {r.precision for r in rows} == {"f32"} and "openvino" not in env
-    assert bench.environment_line(env).endswith("openvino -, float32 weights")
+    assert bench_report.environment_line(env).endswith("openvino -, float32 weights")

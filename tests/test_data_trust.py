@@ -69,7 +69,7 @@ def test_eval_on_a_subset_of_the_classes_scores_them_by_name(run_cli, cifar_chec
     status, out, err = run_cli("eval", "--checkpoint", cifar_checkpoint, "--data", data, "--json", "--workers", "0")
     assert status == 0 and "2 of the model's 10 classes" in err
     row = json.loads(out)
-    model, _ = compactnets.engine.load_model(cifar_checkpoint)
+    model = compactnets.engine.load_model(cifar_checkpoint)
     transform = eval_transform(model.pretrained_cfg)
     ds = build_dataset(data, "test", transform)
     images = torch.stack([ds[i][0] for i in range(len(ds))]).contiguous(memory_format=torch.channels_last)

@@ -11,7 +11,9 @@ from conftest import SHARED_DATA, needs_shared_data
 
 from compactnets import create_model
 from compactnets.deploy import binary_kernel as bk
-from compactnets.deploy.packed import PackedError, export_packed, load_packed, read_packed
+from compactnets.deploy.packed_export import export_packed
+from compactnets.deploy.packed_format import PackedError
+from compactnets.deploy.packed_runtime import load_packed, read_packed
 from compactnets.layers import BinaryActivation
 
 needs_kernel = pytest.mark.skipif(not bk.is_available(), reason="the binary kernel is not built")

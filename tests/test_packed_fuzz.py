@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from compactnets.deploy import binary_kernel as bk
-from compactnets.deploy.packed import FORMAT
+from compactnets.deploy.packed_format import FORMAT
 
 pytestmark = pytest.mark.skipif(not bk.is_available(), reason="the binary kernel is not built")
 
@@ -159,7 +159,8 @@ def _read(path: str) -> tuple[dict, dict]:
 
 def child(paths: list[str]) -> None:
     """Load and run each file; one JSON line per file, flushed (a crash shows which file was last)."""
-    from compactnets.deploy.packed import PackedError, load_packed
+    from compactnets.deploy.packed_format import PackedError
+    from compactnets.deploy.packed_runtime import load_packed
 
     torch.set_num_threads(1)
     for path in paths:
@@ -418,7 +419,7 @@ def bases(tmp_path_factory):
     from test_packed import _with_bn_statistics
 
     from compactnets import create_model
-    from compactnets.deploy.packed import export_packed
+    from compactnets.deploy.packed_export import export_packed
 
     folder = tmp_path_factory.mktemp("fuzz")
     found = {}

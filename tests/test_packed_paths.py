@@ -14,7 +14,8 @@ from test_packed import _with_bn_statistics  # trained-like BN statistics, a qua
 from compactnets import create_model
 from compactnets.deploy import binary_kernel as bk
 from compactnets.deploy import packed_plan
-from compactnets.deploy.packed import export_packed, load_packed
+from compactnets.deploy.packed_export import export_packed
+from compactnets.deploy.packed_runtime import load_packed
 
 pytestmark = pytest.mark.skipif(not bk.is_available(), reason="the binary kernel is not built")
 PATHS = bk.supported_paths() if bk.is_available() else []

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import compactnets
-from compactnets.profiler import Figure, count_params, flop_counter_macs, profile_model, ptflops_macs
+from compactnets.counting import flop_counter_macs, ptflops_macs
+from compactnets.profiler import Figure, count_params, profile_model
 
 # xnor-net.md section 3: ptflops MACs and params of the official code.
 PTFLOPS = {

@@ -8,7 +8,8 @@ import pytest
 from conftest import SHARED_DATA, needs_shared_data
 from PIL import Image
 
-from compactnets.engine.reproduce import TABLES, describe_data, jpeg_quality, resolve_rows
+from compactnets.engine.reproduce import describe_data, jpeg_quality, resolve_rows
+from compactnets.models import published_tables
 
 TINY_RECIPE = """
 description = "a tiny NIN row"
@@ -34,7 +35,7 @@ def test_tables_name_the_published_rows():
     rows = resolve_rows(["shared-bases-cifar10", "nin_xnornet_cifar10_short"])
     assert len(rows) == 7 and {r.recipe for r in rows[:6]} == {"shared_bases_cifar10"}
     assert rows[0].model == "resnet32_s8u1_cifar10" and rows[-1].name == "nin_xnornet_cifar10_short"
-    assert len(TABLES["shared-bases-cifar10"]) == 6
+    assert len(published_tables()["shared-bases-cifar10"]) == 6
 
 
 def test_unknown_name_is_one_line(run_cli, tmp_path):

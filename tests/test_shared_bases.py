@@ -16,7 +16,8 @@ from compactnets.engine.optim import lr_factor_fn
 from compactnets.engine.recipes import recipe_defaults
 from compactnets.engine.train import add_train_args
 from compactnets.layers import SharedBasisConv2d, basis_similarity, refer_to
-from compactnets.models.shared_bases import BasisBlock, checkpoint_filter_fn
+from compactnets.models.shared_bases import checkpoint_filter_fn
+from compactnets.models.shared_bases.resnet import BasisBlock
 from compactnets.profiler import profile_model
 
 # Section 4: parameters and ptflops (<= 0.6.3) MACs of the official models; the README prints 2 x MACs as FLOPs.
@@ -356,8 +357,8 @@ def test_convert_official_checkpoint_matches_the_official_forward(name, run_cli,
     _save_official(src, official, data_parallel=imagenet, legacy_format=imagenet, monkeypatch=monkeypatch)
     status, out, err = run_cli("convert", "--family", "shared-bases", "--model", name, src, dst)
     assert status == 0, err
-    model, ckpt = load_model(dst)
-    assert ckpt["arch"] == name and model.num_classes == arch["num_classes"]
+    model = load_model(dst)
+    assert model.pretrained_cfg["architecture"] == name and model.num_classes == arch["num_classes"]
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     expected = _reference_forward(official, x, arch["blocks"], arch["stem"], arch["double"])
     with torch.no_grad():
@@ -471,7 +472,7 @@ def test_training_adds_the_weighted_regulariser_and_logs_it(run_cli, tmp_path):
         with open(out / "log.csv", newline="") as f:
             logged = float(next(csv.DictReader(f))["aux_loss"])
         assert 1.0 < logged < 5.0  # the value at the official init, ~3 (plain, not weighted)
-        model, _ = load_model(out / "last.pth")
+        model = load_model(out / "last.pth")
         regularisers[weight] = model.auxiliary_loss().item()
     assert regularisers["100"] < 0.95 * regularisers["0"]
 

@@ -28,11 +28,11 @@ from PIL import Image
 
 import compactnets
 from compactnets import timm_bridge
-from compactnets.errors import UnknownModelError
-from compactnets.models import _registry
 from compactnets.checkpoint import CheckpointError, save_atomic
 from compactnets.convert import convert_checkpoint
 from compactnets.data import eval_transform
+from compactnets.errors import UnknownModelError
+from compactnets.models import _registry
 from compactnets.models.shufflenetv2 import MEGENGINE_MEAN
 
 timm = pytest.importorskip("timm")

@@ -1,6 +1,7 @@
 """Training engine: schedules, weight-decay groups, learning on real images, exact resume, run files."""
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -12,10 +13,10 @@ import pytest
 import torch
 
 import compactnets
-import compactnets.engine.train as engine
 from compactnets.checkpoint import load_file, save_atomic
 from compactnets.engine.optim import lr_factor_fn, param_groups
 from compactnets.engine.train import add_train_args
+from compactnets.models import Checkpoint
 
 NARROW = ["--model-kwargs", "channels=[96,80,48,96,96,96,96,96]"]
 TINY = ["--model-kwargs", "channels=[16,16,16,16,16,16,16,16]"]
@@ -90,6 +91,22 @@ def test_short_run_learns_real_images(run_cli, tmp_path):
     assert json.loads(stdout)["top1"] == pytest.approx(float(rows[-1]["eval_top1"]))
 
 
+@contextlib.contextmanager
+def _ctrl_c_after_epoch_1(monkeypatch):
+    """Ctrl-C right after epoch 1 and its evaluation are safely on disk."""
+    save = Checkpoint.save
+
+    def save_then_stop(checkpoint, path):
+        save(checkpoint, path)
+        state = checkpoint.training
+        if state["epoch"] == 1 and path.name == "last.pth" and state["metrics"]["eval_top1"] is not None:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_stop)
+    yield
+    monkeypatch.setattr(Checkpoint, "save", save)
+
+
 @pytest.mark.parametrize("fast_data", ["on", "off"])
 def test_resume_is_exact(run_cli, tmp_path, monkeypatch, fast_data):
     """A run stopped after epoch 1 and resumed == the same run uninterrupted (losses, weights, schedule), on
@@ -99,17 +116,9 @@ def test_resume_is_exact(run_cli, tmp_path, monkeypatch, fast_data):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert run_cli("train", *common, "--output", straight)[0] == 0
 
-    save = engine.save_atomic
-
-    def save_then_stop(obj, path):  # Ctrl-C right after epoch 1 and its evaluation are safely on disk
-        save(obj, path)
-        if obj["epoch"] == 1 and path.name == "last.pth" and obj["metrics"]["eval_top1"] is not None:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_atomic", save_then_stop)
-    status, _, err = run_cli("train", *common, "--output", stopped)
+    with _ctrl_c_after_epoch_1(monkeypatch):
+        status, _, err = run_cli("train", *common, "--output", stopped)
     assert status == 130 and "resume with" in err
-    monkeypatch.setattr(engine, "save_atomic", save)
     assert len(_read_log(stopped)) == 1
     status, stdout, _ = run_cli("train", "--resume", stopped)
     assert status == 0 and "resuming" in stdout and "after epoch 1/2" in stdout
@@ -203,10 +212,8 @@ def test_phases_restart_from_best_and_resume_across_a_boundary(run_cli, tmp_path
         "--no-progress",
     ]
     restored = []
-    load = engine.load_state_dict_checked
-    monkeypatch.setattr(
-        engine, "load_state_dict_checked", lambda m, sd, what: (restored.append(what), load(m, sd, what))
-    )
+    load = Checkpoint.load_exact
+    monkeypatch.setattr(Checkpoint, "load_exact", lambda c, model: (restored.append(c.source), load(c, model)))
 
     straight = tmp_path / "straight"
     status, stdout, _ = run_cli("train", *common, "--output", straight)
@@ -219,16 +226,8 @@ def test_phases_restart_from_best_and_resume_across_a_boundary(run_cli, tmp_path
 
     # stop at the end of phase 1, resume: phase 2 starts as in the straight run
     stopped = tmp_path / "stopped"
-    save = engine.save_atomic
-
-    def save_then_stop(obj, path):
-        save(obj, path)
-        if obj["epoch"] == 1 and path.name == "last.pth" and obj["metrics"]["eval_top1"] is not None:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_atomic", save_then_stop)
-    assert run_cli("train", *common, "--output", stopped)[0] == 130
-    monkeypatch.setattr(engine, "save_atomic", save)
+    with _ctrl_c_after_epoch_1(monkeypatch):
+        assert run_cli("train", *common, "--output", stopped)[0] == 130
     assert run_cli("train", "--resume", stopped)[0] == 0
     keys = ("epoch", "lr", "train_loss", "eval_loss", "eval_top1")
     assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in _read_log(stopped)]

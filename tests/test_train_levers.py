@@ -23,6 +23,7 @@ from compactnets.engine.distill import distillation_loss
 from compactnets.engine.evaluate import evaluate
 from compactnets.engine.optim import lr_factor_fn
 from compactnets.engine.train import add_train_args
+from compactnets.models import Checkpoint
 
 TINY = ["--model-kwargs", "channels=[16,16,16,16,16,16,16,16]"]
 SMALL_RUN = [*TINY, "--train-limit", "300", "--eval-limit", "100", "--batch-size", "50", "--no-progress"]
@@ -214,13 +215,13 @@ def test_sigterm_inside_an_epoch_saves_and_the_resumed_run_equals_the_straight_o
 
 def test_periodic_checkpoints_inside_an_epoch(run_cli, tmp_path, monkeypatch):
     saved = []
-    save = engine.save_atomic
+    save = Checkpoint.save
 
-    def record(obj, path):
-        saved.append(obj.get("step_in_epoch"))
-        save(obj, path)
+    def record(checkpoint, path):
+        saved.append(checkpoint.training.get("step_in_epoch"))
+        save(checkpoint, path)
 
-    monkeypatch.setattr(engine, "save_atomic", record)
+    monkeypatch.setattr(Checkpoint, "save", record)
     out = tmp_path / "run"
     # every step is due after 1e-9 minutes; then the epoch's own checkpoints (before and after its evaluation)
     assert run_cli("train", *SMALL_RUN, "--epochs", "1", "--checkpoint-interval", "1e-9", "--output", out)[0] == 0

@@ -287,7 +287,7 @@ def test_convert_official_weightnet_checkpoint(run_cli, official_05x, tmp_path):
     dst = tmp_path / "converted.pth"
     status, out, err = run_cli("convert", "--family", "weightnet", "--model", "shufflenet_v2_x0_5_wn1x", src, dst)
     assert status == 0, err
-    model, _ = load_model(dst)
+    model = load_model(dst)
     x = torch.rand(2, 3, 64, 64) * 255
     with torch.no_grad():
         assert torch.equal(model(x), reference(x)) and torch.equal(model(x[:1]), reference(x[:1]))
@@ -301,7 +301,7 @@ def test_convert_megengine_models_training_checkpoint(run_cli, tmp_path):
     reference = _randomise(compactnets.create_model("shufflenet_v2_x0_5"))
     src = _write_pickle({"epoch": 240, "state_dict": _megengine_layout(reference)}, tmp_path / "checkpoint.pkl")
     assert run_cli("convert", "--family", "weightnet", "--model", "shufflenet_v2_x0_5", src, tmp_path / "c.pth")[0] == 0
-    model, _ = load_model(tmp_path / "c.pth")
+    model = load_model(tmp_path / "c.pth")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))

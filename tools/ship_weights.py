@@ -1,23 +1,25 @@
 """Turn a finished training run's final weights (or their EMA) into weights shipped with the package.
 
 Writes ``src/compactnets/weights/<model>.<tag>.safetensors``: the model's state dict (fp32, no pickle) with the
-run's provenance in the safetensors metadata (recipe, epochs, data, class names, the train command). The weights
-are the run's last ones, never an epoch picked by its test accuracy.
-The accuracy that goes into the model's default config is then measured with ``compactnets eval``, not copied
-from the training log (the log's figures come from bf16 autocast; eval runs fp32).
+run's provenance in the safetensors metadata (recipe, epochs, data, class names, the train command), then measures
+it with ``compactnets eval`` (fp32, every test image) and records recipe, epochs and the measured top-1/top-5 in
+``weights/manifest.json``, from which the model's config for that tag is made. The weights are the run's last
+ones, never an epoch picked by its test accuracy; the figures are measured, never copied from the training log
+(the log's training figures come from bf16 autocast).
 
     python tools/ship_weights.py training/nin_cpu --tag cifar10jpeg_cpu60 [--ema]
 """
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from safetensors.torch import save_file
+from compactnets.models import Checkpoint
+from compactnets.models._registry import SHIPPED_MANIFEST
 
-from compactnets.checkpoint import extract_state_dict, load_file
-
-OUT_DIR = Path(__file__).resolve().parents[1] / "src/compactnets/weights"
+DATA = "../shared/data/cifar10"
 
 
 def main() -> None:
@@ -25,34 +27,36 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="run folder written by `compactnets train`")
     parser.add_argument("--tag", required=True, help="pretrained tag, e.g. cifar10jpeg_3ep")
     parser.add_argument("--ema", action="store_true", help="ship the EMA weights (a run with --model-ema)")
-    parser.add_argument("--data", default="../shared/data/cifar10 (CIFAR-10 re-encoded as JPEG quality 75)")
+    parser.add_argument("--data", default=DATA, help="the test set the figures are measured on")
     args = parser.parse_args()
 
-    ckpt = load_file(args.run / "last.pth")
-    run_args = ckpt["args"]
-    if ckpt["epoch"] < run_args["epochs"] or ckpt.get("step_in_epoch") or ckpt.get("pending_eval"):
-        raise SystemExit(f"{args.run} has not finished: epoch {ckpt['epoch']} of {run_args['epochs']}")
-    if args.ema and "state_dict_ema" not in ckpt:
-        raise SystemExit(f"{args.run} was trained without --model-ema")
-    weights = ckpt["state_dict_ema"] if args.ema else extract_state_dict(ckpt)
-    state_dict = {k: v.contiguous() for k, v in weights.items()}
-    metadata = {
-        "arch": ckpt["arch"],
+    ckpt = Checkpoint.read(args.run / "last.pth")
+    state, run_args = ckpt.training, ckpt.training["args"]
+    if state["epoch"] < run_args["epochs"] or state.get("step_in_epoch") or state.get("pending_eval"):
+        raise SystemExit(f"{args.run} has not finished: epoch {state['epoch']} of {run_args['epochs']}")
+    recipe = run_args.get("recipe")
+    provenance = {
         "tag": args.tag,
-        "recipe": str(run_args.get("recipe")),
+        "recipe": str(recipe),
         "epochs": str(run_args["epochs"]),
         "weights": "EMA of the final weights" if args.ema else "final weights",
-        "data": args.data,
-        "class_names": json.dumps(ckpt["class_names"]),
-        "model_kwargs": json.dumps(ckpt.get("model_kwargs") or {}),
-        "command": f"compactnets train --recipe {run_args.get('recipe')} --data ../shared/data/cifar10"
-        if run_args.get("recipe")
-        else "see args.json of the run",
+        "data": f"{DATA} (CIFAR-10 re-encoded as JPEG quality 75)",
+        "command": f"compactnets train --recipe {recipe} --data {DATA}" if recipe else "see args.json of the run",
     }
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out = OUT_DIR / f"{ckpt['arch']}.{args.tag}.safetensors"
-    save_file(state_dict, str(out), metadata=metadata)
-    print(f"{out} ({out.stat().st_size / 1e6:.2f} MB): {ckpt['arch']}, {metadata['weights']} of {ckpt['epoch']} epochs")
+    out = SHIPPED_MANIFEST.parent / f"{ckpt.arch}.{args.tag}.safetensors"
+    (ckpt.ema() if args.ema else ckpt).save(out, metadata=provenance)
+    print(f"{out} ({out.stat().st_size / 1e6:.2f} MB): {ckpt.arch}, {provenance['weights']} of {state['epoch']} epochs")
+
+    command = [sys.executable, "-m", "compactnets", "eval", "--checkpoint", str(out), "--data", args.data]
+    measured = json.loads(subprocess.run([*command, "--json", "--no-progress"], check=True, capture_output=True,
+                                         text=True).stdout)  # fmt: skip
+    manifest = json.loads(SHIPPED_MANIFEST.read_text())
+    manifest[f"{ckpt.arch}.{args.tag}"] = {
+        "recipe": recipe, "epochs": run_args["epochs"], "top1": measured["top1"], "top5": measured["top5"],
+    }  # fmt: skip
+    SHIPPED_MANIFEST.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    print(f"{ckpt.arch}.{args.tag}: top-1 {measured['top1']:.2f} top-5 {measured['top5']:.2f} ({measured['count']} "
+          f"images), recorded in {SHIPPED_MANIFEST}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,8 +1,6 @@
-"""Checkpoint files: atomic writes, safe loading (``weights_only=True``), prefix cleaning and fit checks.
+"""Checkpoint files: atomic writes, safe loading (``weights_only=True``), prefix cleaning, fit and value checks.
 
-A compactnets checkpoint is a dict of plain types and tensors::
-
-    {'version', 'arch', 'state_dict', 'pretrained_cfg', 'class_names', ...training state...}
+What a compactnets checkpoint holds, and how it becomes a model, is :class:`compactnets.models.Checkpoint`.
 
 Official checkpoints of the supported repositories nest their weights under other keys (see STATE_DICT_KEYS).
 """
@@ -38,12 +36,24 @@ def save_atomic(obj, path: str | Path) -> None:
 
     A full disk or an unusable destination raises a CheckpointError; the previous file at ``path`` is kept.
     """
+    _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str], path: str | Path) -> None:
+    """Weights as safetensors (no pickle), atomically as :func:`save_atomic`; ``metadata`` is text only."""
+    from safetensors.torch import save
+
+    tensors = {k: v.contiguous() for k, v in state_dict.items()}
+    _write_atomic(path, lambda f: f.write(save(tensors, metadata=dict(metadata))))
+
+
+def _write_atomic(path: str | Path, write) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename stays atomic
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -64,6 +74,16 @@ def _is_disk_full(e: BaseException) -> bool:
     return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (
         isinstance(e, RuntimeError) and "No space left on device" in str(e)
     )
+
+
+def plain(value):
+    """``value`` in the types a checkpoint (read with ``weights_only=True``) and JSON hold: containers become dicts
+    and lists, anything else not a number, bool or string becomes its string (a path, a dtype)."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 def orphan_temporaries(folder: str | Path) -> list[Path]:
@@ -190,10 +210,13 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     model.load_state_dict(state_dict, strict=True)
 
 
+SAFETENSORS_JSON_KEYS = ("model_kwargs", "class_names")  # checkpoint fields a safetensors file holds as JSON metadata
+
+
 def read_weights(path: str | Path) -> dict:
-    """A weights file as a dict: ``.safetensors`` through safetensors (its state dict, plus the ``model_kwargs``
-    JSON of its metadata when there is one, as ``tools/ship_weights.py`` writes), anything else as a torch
-    checkpoint with ``weights_only=True`` (:func:`load_file`). Never unpickles arbitrary objects."""
+    """A weights file as a dict: ``.safetensors`` through safetensors (its state dict, plus the ``arch`` and the
+    JSON ``model_kwargs`` and ``class_names`` of its metadata, as ``Checkpoint.save`` writes them), anything else as a
+    torch checkpoint with ``weights_only=True`` (:func:`load_file`). Never unpickles arbitrary objects."""
     path = Path(path)
     if path.suffix != ".safetensors":
         return load_file(path)
@@ -203,65 +226,19 @@ def read_weights(path: str | Path) -> dict:
 
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
-            state_dict = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+            obj = {"state_dict": {key: f.get_tensor(key) for key in f.keys()}}  # noqa: SIM118 (not a dict)
             metadata = f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from e
-    if "model_kwargs" not in metadata:
-        return state_dict
-    return {"state_dict": state_dict, "model_kwargs": json.loads(metadata["model_kwargs"])}
-
-
-def load_pretrained(model: nn.Module, source: str | Path | Mapping, what: str | None = None) -> dict:
-    """Load weights (a file, or a checkpoint dict already read) into ``model``, as timm's ``load_pretrained``
-    adapts them: the first conv to the model's input channels (``cfg['first_conv']``), and a classifier of
-    another width, or none (``num_classes=0``), keeps the model's own. Everything else must fit exactly. A
-    compactnets checkpoint's ``pretrained_cfg`` preprocessing replaces the model's. Returns the checkpoint dict.
-    """
-    obj = source if isinstance(source, Mapping) else read_weights(source)
-    what = what or f"checkpoint {source}"
-    state_dict = _adapt_input_conv(model, extract_state_dict(obj))
-    state_dict = _keep_own_classifier_if_resized(model, state_dict)
-    load_state_dict_checked(model, state_dict, what=what)
-    apply_preprocessing(model, obj.get("pretrained_cfg"))
-    return dict(obj)
-
-
-def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """First-conv weights for ``in_chans`` input channels (timm's rule): summed over the channels for one,
-    tiled and scaled by ``C / in_chans`` for more, so a constant image gives the same response."""
-    channels = weight.shape[1]
-    if in_chans == channels:
-        return weight
-    if in_chans == 1:
-        return weight.sum(1, keepdim=True)
-    repeats = -(-in_chans // channels)
-    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (channels / in_chans)
-
-
-def _adapt_input_conv(model: nn.Module, state_dict: dict) -> dict:
-    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
-    key = f"{first_conv}.weight" if first_conv else None
-    own = model.state_dict().get(key) if key else None
-    if own is None or key not in state_dict or state_dict[key].ndim != 4 or state_dict[key].shape[1] == own.shape[1]:
-        return state_dict
-    return {**state_dict, key: adapt_input_conv(state_dict[key], own.shape[1])}
-
-
-def _keep_own_classifier_if_resized(model: nn.Module, state_dict: dict) -> dict:
-    """Swap in the model's own classifier tensors when the checkpoint's classifier has another shape or the
-    model has none (``num_classes=0``)."""
-    if not hasattr(model, "get_classifier"):
-        return state_dict
-    head = model.get_classifier()
-    prefix = next((name + "." for name, m in model.named_modules() if m is head and name), None)
-    if prefix is None:
-        return state_dict
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
-    theirs = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if any(k not in own or own[k].shape != v.shape for k, v in theirs.items()):
-        state_dict = {k: v for k, v in state_dict.items() if k not in theirs} | own
-    return state_dict
+    for key in SAFETENSORS_JSON_KEYS:
+        if key in metadata:
+            try:
+                obj[key] = json.loads(metadata[key])
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{path}: its metadata {key} is not JSON ({e.msg})") from e
+    if "arch" in metadata:
+        obj["arch"] = metadata["arch"]
+    return obj
 
 
 PREPROCESSING_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std", "channel_order", "pixel_range")
@@ -319,10 +296,3 @@ def check_class_names(names, num_classes: int, where: str = "checkpoint") -> Non
     bad = next((n for n in names if not n or not n.isprintable()), None)
     if bad is not None:
         raise CheckpointError(f"{where}: class name {ascii(bad)[:80]} is not printable text")
-
-
-def apply_preprocessing(model: nn.Module, cfg: Mapping | None, where: str = "checkpoint") -> None:
-    """Copy a checkpoint's preprocessing (validated) into ``model.pretrained_cfg``."""
-    if cfg and hasattr(model, "pretrained_cfg"):
-        check_preprocessing(cfg, where)
-        model.pretrained_cfg.update({k: cfg[k] for k in PREPROCESSING_KEYS if k in cfg})

@@ -102,7 +102,7 @@ def _eval(args, parser, argv):
         raise OptionError(f"--bn-reestimate changes a PyTorch model's statistics; a --{fmt} file has them folded in")
     # a missing GPU is reported before any data is read; the deployed runtimes run on the CPU
     device = resolve_device("cpu" if fmt else args.device)
-    model, _ = _load_for_inference(args)
+    model = _load_for_inference(args)
     loader = build_eval_loader(
         model.pretrained_cfg, args.data, args.dataset, args.split, args.batch_size, args.workers, args.limit,
         classes=getattr(model, "class_names", None), match=args.match_classes, note=_note,
@@ -180,7 +180,7 @@ def _load_for_inference(args):
         raise DeployError(f"--model applies to --checkpoint; a --{fmt} file names its model")
     args.device = "cpu"  # the runners (onnxruntime, the packed kernel) run on the CPU
     runner = load_deployed(fmt, path, **({"runtime": args.runtime} if args.runtime else {}))
-    return runner, {"class_names": runner.class_names}
+    return runner
 
 
 def _image_paths(args) -> list[str]:
@@ -229,7 +229,7 @@ def _predict(args, parser, argv):
         raise OptionError("--json and --csv cannot be combined")
     device = resolve_device("cpu" if _deployed_file(args)[0] else args.device)
     paths = _image_paths(args)
-    model, ckpt = _load_for_inference(args)
+    model = _load_for_inference(args)
     if _deployed_file(args)[0] == "onnx":
         _note(f"running {args.onnx} in {model.runtime} ({model.precision})")
     skipped = []
@@ -239,7 +239,7 @@ def _predict(args, parser, argv):
         _note(f"skipped: {error}")
 
     results = predict_images(
-        model.to(device), paths, label_names(model, ckpt), args.topk, args.batch_size, device, on_error=skip
+        model.to(device), paths, label_names(model), args.topk, args.batch_size, device, on_error=skip
     )
     if args.csv:
         writer = csv.writer(sys.stdout)
@@ -272,8 +272,8 @@ def _published_number(text):
 
 
 def _profile(args, parser, argv):
-    from .profiler import format_layers, format_table, profile_model
     from .models import list_models
+    from .profiler import format_layers, format_table, profile_model
 
     if args.models and (args.all or args.family):
         raise OptionError("name models, or use --all or --family, not both")
@@ -406,15 +406,15 @@ def _export(args, parser, argv):
     from .models import create_model
 
     if args.checkpoint:
-        model, ckpt = load_model(args.checkpoint, args.model)
+        model = load_model(args.checkpoint, args.model)
     elif args.pretrained:
-        model, ckpt = _load_shipped(args)
+        model = _load_shipped(args)
     elif args.model:
-        model, ckpt = create_model(args.model).eval(), None
+        model = create_model(args.model).eval()
         print(f"note: no --checkpoint: exporting {args.model} with random weights", file=sys.stderr)
     else:
         parser.error("name a model, or give --checkpoint")
-    names = label_names(model, ckpt)
+    names = label_names(model)
     options = dict(batch_size=args.batch_size, check=not args.no_check, class_names=names)
     if args.opset is not None:
         options["opset"] = args.opset
@@ -434,11 +434,11 @@ def _export(args, parser, argv):
 def _bench(args, parser, argv):
     from pathlib import Path
 
-    from .deploy import bench
+    from .deploy import bench, bench_models, bench_report
     from .models import list_models
 
     names = []
-    for pattern in args.models + (list(bench.DEFAULT_ANCHORS) if args.anchors else []):
+    for pattern in args.models + (list(bench_models.DEFAULT_ANCHORS) if args.anchors else []):
         if ":" not in pattern and any(c in pattern for c in "*?["):
             matched = list_models(pattern)
             if not matched:
@@ -452,7 +452,7 @@ def _bench(args, parser, argv):
         list(dict.fromkeys(names)), args.backend, args.threads, args.warmup, args.runs, args.batch, args.batch_runs,
         args.input_size, log=lambda line: print(line, file=sys.stderr, flush=True),
     )  # fmt: skip
-    outputs = {"json": bench.to_json, "csv": bench.to_csv}
+    outputs = {"json": bench_report.to_json, "csv": bench_report.to_csv}
     for kind, write in outputs.items():
         target = getattr(args, kind)
         if target == "-":
@@ -460,10 +460,10 @@ def _bench(args, parser, argv):
         elif target:
             Path(target).write_text(write(rows, env))
     if args.plot:
-        bench.plot(rows, env, args.plot, args.metric)
+        bench_report.plot(rows, env, args.plot, args.metric)
     if "-" not in (args.json, args.csv):
-        print(bench.environment_line(env))
-        print(bench.format_table(rows, markdown=args.markdown, metric=args.metric))
+        print(bench_report.environment_line(env))
+        print(bench_report.format_table(rows, markdown=args.markdown, metric=args.metric))
 
 
 def _batch_size(value: str) -> int | None:
@@ -555,8 +555,8 @@ def _predict_args(p):
 
 
 def _profile_args(p):
-    from .profiler import CONVENTIONS
     from .models import list_families
+    from .profiler import CONVENTIONS  # with every family's own, once the profiler has imported the models
 
     p.add_argument("models", nargs="*", help="model names")
     p.add_argument("--all", action="store_true", help="every registered model")
@@ -595,7 +595,8 @@ def _export_args(p):
 
 
 def _bench_args(p):
-    from .deploy.bench import BACKENDS, DEFAULT_ANCHORS
+    from .deploy.bench import BACKENDS
+    from .deploy.bench_models import DEFAULT_ANCHORS
 
     p.add_argument("models", nargs="*", help="registered names or patterns ('micronet_m?'), tv:NAME, timm:NAME")
     p.add_argument("--anchors", action="store_true", help=f"add {', '.join(DEFAULT_ANCHORS)}")

@@ -1,27 +1,23 @@
 """Model complexity: parameters, MACs, binary operations and model size, beside the published figures.
 
-MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (MACs = FLOPs / 2) at batch 1 and the
-model's own input size: every convolution and matrix product, functional calls and per-sample grouped convs
-included; BN, activations and pooling excluded. Multiply-accumulates of binarized layers
-(:class:`~compactnets.layers.BinaryConv2d`, sign inputs and sign weights) are also reported on their own.
-
-Papers counted with other tools; each published figure names its convention (``reference['macs_convention']``
-in the model config) and :data:`CONVENTIONS` reproduces it, so measured and published numbers are comparable.
+MACs are counted at batch 1 and the model's own input size (:mod:`compactnets.counting`). Multiply-accumulates
+of binarized layers (:class:`~compactnets.layers.BinaryConv2d`, sign inputs and sign weights) are also reported
+on their own. Each published figure names the convention its paper counted with (``reference['macs_convention']``
+in the model config), which :data:`~compactnets.counting.CONVENTIONS` reproduces, so measured and published
+numbers are comparable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from .layers import BinaryConv2d, DynamicShiftMax, SharedBasisConv2d
+from .counting import CONVENTIONS, flop_counter_macs
+from .layers import BinaryConv2d
 from .models import create_model, get_model_cfg
 
 
@@ -32,138 +28,6 @@ def count_params(model: nn.Module) -> int:
 
 def _dummy_input(model: nn.Module) -> torch.Tensor:
     return torch.zeros(1, *model.pretrained_cfg["input_size"])
-
-
-def flop_counter_macs(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
-    """Total MACs and MACs per module name (FlopCounterMode FLOPs / 2)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    root = type(model).__name__ + "."
-    per_module = {
-        name[len(root) :]: sum(ops.values()) // 2
-        for name, ops in counter.get_flop_counts().items()
-        if name.startswith(root)
-    }
-    return counter.get_total_flops() // 2, per_module
-
-
-# --- ptflops (0.5.2 - 0.6.3, module-hook backend) -------------------------------------------------------
-# ptflops looks each module up by its exact type: subclasses such as BinaryConv2d count 0, and functional
-# calls are invisible. A module used several times counts once per call.
-
-
-def _pt_conv(m, inp, out):
-    per_position = math.prod(m.kernel_size) * m.in_channels * (m.out_channels // m.groups)
-    positions = out.shape[0] * math.prod(out.shape[2:])
-    return per_position * positions + (out.numel() if m.bias is not None else 0)
-
-
-def _pt_shared_basis(m, inp, out):
-    # As the unique and the shared nn.Conv2d that the official code runs side by side (no bias).
-    per_position = math.prod(m.kernel_size) * m.in_channels
-    per_position *= m.unique_rank // m.groups + m.shared.out_channels // m.shared.groups
-    return per_position * out.shape[0] * math.prod(out.shape[2:])
-
-
-def _pt_bn(m, inp, out):
-    return inp[0].numel() * (2 if m.affine else 1)
-
-
-def _pt_linear(m, inp, out):  # up to 0.6.3 (2020) ptflops left out Linear biases
-    return inp[0].numel() * out.shape[-1]
-
-
-def _pt_elements_out(m, inp, out):
-    return out.numel()
-
-
-def _pt_elements_in(m, inp, out):
-    return inp[0].numel()
-
-
-_PTFLOPS_HOOKS: dict[type, Callable] = {
-    **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), _pt_conv),
-    **dict.fromkeys((nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6), _pt_elements_out),
-    **dict.fromkeys(
-        (
-            nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-            nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-            nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-        ),
-        _pt_elements_in,
-    ),
-    **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _pt_bn),
-    nn.Linear: _pt_linear,
-    nn.Upsample: _pt_elements_out,
-    SharedBasisConv2d: _pt_shared_basis,
-}  # fmt: skip
-
-
-@contextlib.contextmanager
-def forward_hooks(model: nn.Module, wanted: Callable[[nn.Module], bool], hook: Callable) -> Iterator[None]:
-    """``hook(module, inputs, output)`` on every module ``wanted`` selects, removed on exit."""
-    handles = [m.register_forward_hook(hook) for m in model.modules() if wanted(m)]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def ptflops_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """MACs as ``ptflops.get_model_complexity_info`` (0.5.2 - 0.6.3) reports them at batch 1."""
-    total = 0
-
-    def hook(module, inp, out):
-        nonlocal total
-        total += _PTFLOPS_HOOKS[type(module)](module, inp, out)
-
-    with forward_hooks(model, lambda m: type(m) in _PTFLOPS_HOOKS, hook), torch.no_grad():
-        model(x)
-    return total
-
-
-def micronet_madds(model: nn.Module, x: torch.Tensor) -> int:
-    """FlopCounterMode MACs (convs, classifier and shift-max FCs) plus the Dynamic Shift-Max fusion
-    ``max_k(a_k x + b_k x2)``: J * K = 2K multiply-adds per output element (micronet.md section 4)."""
-    fusion = 0
-
-    def hook(module, inp, out):
-        nonlocal fusion
-        fusion += module.fusion_madds(out)
-
-    with forward_hooks(model, lambda m: isinstance(m, DynamicShiftMax), hook):
-        macs = flop_counter_macs(model, x)[0]
-    return macs + fusion
-
-
-@dataclass(frozen=True)
-class Convention:
-    description: str
-    count: Callable[[nn.Module, torch.Tensor], int]
-
-
-CONVENTIONS: dict[str, Convention] = {
-    "flop_counter": Convention(
-        "torch.utils.flop_counter FLOPs / 2: all convs and matmuls (binary ones included), batch 1",
-        lambda model, x: flop_counter_macs(model, x)[0],
-    ),
-    "ptflops": Convention(
-        "ptflops 0.5.2-0.6.3 hooks: exact-type nn.Conv (+bias), BN 2/elem, ReLU, pooling, Linear (no bias); "
-        "nn.Conv2d subclasses (binary convs) and functional calls count 0",
-        ptflops_macs,
-    ),
-    "ptflops_x2": Convention(
-        "2 x ptflops MACs (Net_RL2's README 'FLOPs', ptflops 0.6.2): a shared basis counts at every call, "
-        "its parameters once",
-        lambda model, x: 2 * ptflops_macs(model, x),
-    ),
-    "micronet": Convention(
-        "MicroNet MAdds: convs + classifier FCs + shift-max FCs (FlopCounterMode) + shift-max fusion "
-        "(2K multiply-adds per output element for K branches)",
-        micronet_madds,
-    ),
-}
 
 
 # --- published figures -----------------------------------------------------------------------------------

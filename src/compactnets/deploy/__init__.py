@@ -47,26 +47,31 @@ def inference_form(model: nn.Module, example: torch.Tensor | None = None) -> nn.
 
 @dataclass(frozen=True)
 class Format:
-    """An export format: ``module`` holds ``export`` (model, out, **options) and ``load`` (path -> runner)."""
+    """An export format: ``export`` (model, out, **options) and ``load`` (path -> runner), each named as
+    ``"module:function"``."""
 
-    module: str
     export: str
     load: str
     suffix: str
     needs: str | None = None  # the pip extra that provides its runtime
 
     def function(self, which: str):
+        module_name, _, name = getattr(self, which).partition(":")
         try:
-            module = importlib.import_module(self.module)
+            module = importlib.import_module(module_name)
         except ImportError as e:
             hint = f": pip install 'compactnets[{self.needs}]'" if self.needs else ""
             raise DeployError(f"{e.name} is not installed{hint}") from e
-        return getattr(module, getattr(self, which))
+        return getattr(module, name)
 
 
 FORMATS: dict[str, Format] = {
-    "onnx": Format("compactnets.deploy.onnx", "export_onnx", "load_onnx", ".onnx", "onnx"),
-    "packed": Format("compactnets.deploy.packed", "export_packed", "load_packed", ".packed.safetensors"),
+    "onnx": Format("compactnets.deploy.onnx:export_onnx", "compactnets.deploy.onnx:load_onnx", ".onnx", "onnx"),
+    "packed": Format(
+        "compactnets.deploy.packed_export:export_packed",
+        "compactnets.deploy.packed_runtime:load_packed",
+        ".packed.safetensors",
+    ),
 }
 
 

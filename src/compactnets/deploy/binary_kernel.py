@@ -4,7 +4,7 @@ The shared library is a plain C file compiled by the package's install (``setup.
 machine without a C compiler still installs, and only the packed runner is unavailable). It takes raw pointers, so
 it needs no torch headers; calls release the GIL.
 
-Bit layout (shared with :mod:`compactnets.deploy.packed`): channels-last, one pixel = ``groups * group_words``
+Bit layout (shared with :mod:`compactnets.deploy.packed_ops`): channels-last, one pixel = ``groups * group_words``
 uint64 words, channel ``c`` of group ``g`` at bit ``c % 64`` of word ``g * group_words + c // 64``; a set bit is -1.
 
 The AMX path (``amx``) computes the same integers with int8 tile multiplies on +-1 bytes instead of xor + popcount

@@ -7,56 +7,24 @@ ones, and a conv whose output also feeds a residual sum, or is changed in place 
 the BN reads it, is left alone.
 
 Only layers whose forward is the plain affine map fold: ``nn.Conv2d`` and ``nn.Linear`` themselves (not
-subclasses such as binary convs, whose weights are binarized at run time), and layers that can be written as
-plain convs (:data:`AS_CONV`, e.g. a shared filter basis, copied into each layer that uses it).
+subclasses such as binary convs, whose weights are binarized at run time), and layers that write themselves as
+plain convs with an ``as_conv()`` method (a shared filter basis, copied into each layer that uses it).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..layers import SharedBasisConv2d, fold_bn
+from ..layers import ConcatConv2d, fold_bn
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-class ConcatConv2d(nn.Module):
-    """Convs of one input whose outputs are concatenated (a BN after it folds into each, slice by slice)."""
-
-    def __init__(self, convs: list[nn.Conv2d]):
-        super().__init__()
-        self.convs = nn.ModuleList(convs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([conv(x) for conv in self.convs], dim=1)
-
-
-def _plain_conv(weight: torch.Tensor, like: nn.Module, groups: int) -> nn.Conv2d:
-    out_chs, in_per_group = weight.shape[:2]
-    conv = nn.Conv2d(in_per_group * groups, out_chs, like.kernel_size, padding=like.padding, dilation=like.dilation,
-                     groups=groups, bias=False)  # fmt: skip
-    conv.weight = nn.Parameter(weight.detach().clone())
-    return conv
-
-
-def _shared_basis_as_conv(m: SharedBasisConv2d) -> nn.Module:
-    """One conv of ``cat([unique, shared])`` when neither is grouped, else the two convs side by side: the
-    shared basis is copied into each layer, so that each layer's BN can fold into it."""
-    if m.groups == 1 and m.shared.groups == 1:
-        return _plain_conv(torch.cat([m.weight, m.shared.weight]), m, 1)
-    return ConcatConv2d([_plain_conv(m.weight, m, m.groups), _plain_conv(m.shared.weight, m.shared, m.shared.groups)])
-
-
-# Layers that are convolutions in disguise, and how to write them as plain ones.
-AS_CONV: dict[type, Callable[[nn.Module], nn.Module]] = {SharedBasisConv2d: _shared_basis_as_conv}
-
-
 def _foldable(m: nn.Module) -> bool:
-    return type(m) in (nn.Conv2d, nn.Linear) or type(m) in AS_CONV
+    return type(m) in (nn.Conv2d, nn.Linear) or callable(getattr(m, "as_conv", None))
 
 
 def _consumers(output: torch.Tensor) -> Counter:
@@ -132,8 +100,8 @@ def fold_batch_norms(model: nn.Module, example: torch.Tensor) -> list[tuple[str,
     folded = []
     for layer_name, bn_name in find_conv_bn_pairs(model, example):
         layer = model.get_submodule(layer_name)
-        if type(layer) in AS_CONV:
-            layer = AS_CONV[type(layer)](layer)
+        if type(layer) not in (nn.Conv2d, nn.Linear):
+            layer = layer.as_conv()
             _set(model, layer_name, layer)
         bn, start = model.get_submodule(bn_name), 0
         for conv in layer.convs if isinstance(layer, ConcatConv2d) else [layer]:

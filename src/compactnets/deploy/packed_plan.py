@@ -105,9 +105,13 @@ class Plan:
 
 
 def _collect_bits(buffer: torch.Tensor, groups: int, channels: int) -> Callable:
-    from .packed import unpack_signs  # packed imports this module
+    def collect():  # packed bits [N, H, W, words] -> +-1 floats [N, C, H, W]
+        n, h, w, words = buffer.shape
+        per_group = bk.unpack_sign_bits(buffer.numpy().reshape(n, h, w, groups, words // groups), channels // groups)
+        negative = torch.from_numpy(per_group.reshape(n, h, w, channels)).permute(0, 3, 1, 2)
+        return 1.0 - 2.0 * negative.float()
 
-    return lambda: unpack_signs(buffer, groups, channels)
+    return collect
 
 
 def _collect_bytes(buffer: torch.Tensor, padding) -> Callable:
@@ -167,7 +171,7 @@ def _path_threads(choice: str, threads: int) -> tuple[str, int]:
 
 
 def build_plan(runner, shape: tuple, threads: int, path: str | None, precision: str) -> Plan:
-    """The plan of ``runner`` (a :class:`~compactnets.deploy.packed.PackedModel`) for float inputs of ``shape``."""
+    """The plan of ``runner`` (a :class:`~.packed_runtime.PackedModel`) for float inputs of ``shape``."""
     plan = Plan(tuple(shape), threads, precision)
     nodes, steps = runner.nodes, runner._steps
     # Pass 1: every node's input, from one reference run on zeros (its shapes; nothing else is kept).

@@ -25,10 +25,10 @@ _SHARED_INPUT_KEYS = ("input_size", "mean", "std", "channel_order", "pixel_range
 def load_teacher(spec: str, student: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
     """``spec``: a model name with shipped weights (``NAME`` or ``NAME.TAG``), or a checkpoint / run folder."""
     if Path(spec).exists():
-        teacher, _ = load_model(spec)
+        teacher = load_model(spec)
     elif is_model(spec.partition(".")[0]):
         try:
-            teacher, _ = load_shipped(spec)
+            teacher = load_shipped(spec)
         except ValueError as e:  # no weights shipped for it
             raise OptionError(f"--teacher {spec}: {e}") from None
     else:

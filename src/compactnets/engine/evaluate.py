@@ -11,18 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..checkpoint import (
-    CheckpointError,
-    apply_preprocessing,
-    check_class_names,
-    extract_state_dict,
-    load_file,
-    load_state_dict_checked,
-)
-from ..data import DataError, ImageReadError, build_dataset, class_names, eval_transform, load_rgb_image
+from ..data import DataError, ImageReadError, build_dataset, eval_transform, load_rgb_image
 from ..data.classes import match_classes
 from ..data.datasets import RelabelledDataset, subset_indices
-from ..models import create_model, get_model_cfg, is_model
+from ..models import Checkpoint, create_model, dataset_class_names
 from .distributed import DistInfo, ShardSampler, all_reduce_sum
 
 IN_MEMORY_KINDS = ("embedded", "cifar10", "cifar100")
@@ -51,59 +43,24 @@ def checkpoint_path(path: str | Path, name: str = "best.pth") -> Path:
     return path / name if path.is_dir() else path
 
 
-def _head_width(state_dict: dict, classifier: str) -> int | None:
-    weight = state_dict.get(f"{classifier}.weight") if classifier else None
-    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
-
-
-def load_model(checkpoint: str | Path, model_name: str | None = None, ema: bool = False) -> tuple[nn.Module, dict]:
+def load_model(checkpoint: str | Path, model_name: str | None = None, ema: bool = False) -> nn.Module:
     """The model a checkpoint (or a run folder's best.pth) was saved from, or ``model_name``, with its weights
     (``ema``: the run's exponential moving average of them), its validated preprocessing and ``class_names``
-    (the checkpoint's, else the dataset's when they fit)."""
-    checkpoint = checkpoint_path(checkpoint)
-    ckpt = load_file(checkpoint)
-    if ema:
-        if not isinstance(ckpt.get("state_dict_ema"), dict):
-            raise CheckpointError(f"{checkpoint} holds no EMA weights (the run was trained without --model-ema)")
-        ckpt = {**ckpt, "state_dict": ckpt["state_dict_ema"]}
-    name = model_name or ckpt.get("arch")
-    if not name or not isinstance(name, str):
-        raise CheckpointError(f"{checkpoint} does not name its model; pass --model")
-    if not is_model(name):
-        create_model(name)  # raises the unknown-model error with suggestions
-    saved_cfg = ckpt.get("pretrained_cfg") or {}
-    if not isinstance(saved_cfg, dict):
-        raise CheckpointError(f"{checkpoint}: pretrained_cfg should be a dict")
-    state_dict = extract_state_dict(ckpt)
-    # The classifier's width comes from its weights: a crafted num_classes cannot allocate a huge head.
-    num_classes = _head_width(state_dict, get_model_cfg(name)["classifier"]) or saved_cfg.get("num_classes")
-    model_kwargs = ckpt.get("model_kwargs") or {}
-    if not isinstance(model_kwargs, dict):
-        raise CheckpointError(f"{checkpoint}: model_kwargs should be a dict")
-    model = create_model(name, num_classes=num_classes, **model_kwargs)
-    load_state_dict_checked(model, state_dict, what=f"checkpoint {checkpoint}")
-    apply_preprocessing(model, saved_cfg, where=str(checkpoint))
-    names = ckpt.get("class_names")
-    check_class_names(names, model.num_classes, where=str(checkpoint))
-    model.class_names = list(names) if names else _dataset_names(model)
-    return model.eval(), ckpt
+    (the checkpoint's, else the dataset's when they fit), in eval mode."""
+    ckpt = Checkpoint.read(checkpoint_path(checkpoint))
+    return (ckpt.ema() if ema else ckpt).build_model(model_name)
 
 
-def load_shipped(name: str) -> tuple[nn.Module, dict]:
+def load_shipped(name: str) -> nn.Module:
     """``name`` (``arch`` or ``arch.tag``) with the weights shipped in the package, its dataset's class names."""
     model = create_model(name, pretrained=True)
-    model.class_names = _dataset_names(model)
-    return model.eval(), {}
+    model.class_names = dataset_class_names(model)
+    return model.eval()
 
 
-def _dataset_names(model: nn.Module) -> list[str] | None:
-    names = class_names(model.pretrained_cfg.get("dataset", ""))
-    return list(names) if names and len(names) == model.num_classes else None
-
-
-def label_names(model: nn.Module, ckpt: dict | None = None) -> list[str]:
+def label_names(model: nn.Module) -> list[str]:
     """A name per output: the loaded object's ``class_names`` (checkpoint or runner), else numbers."""
-    names = getattr(model, "class_names", None) or (ckpt or {}).get("class_names") or _dataset_names(model)
+    names = getattr(model, "class_names", None) or dataset_class_names(model)
     num = model.pretrained_cfg["num_classes"]
     return list(names) if names and len(names) == num else [str(i) for i in range(num)]
 

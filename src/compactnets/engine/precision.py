@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from ..cpu import cpu_flags
+
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return set()
-    return set(line.partition(":")[2].split())
 
 
 def resolve_amp(amp: str, device: torch.device, flags: set[str] | None = None) -> tuple[str, str]:

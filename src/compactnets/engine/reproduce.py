@@ -20,26 +20,14 @@ import json
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import load_file
 from ..data.classes import CIFAR10_CLASSES
 from ..data.datasets import EMBEDDED_FILE, detect_kind
 from ..errors import ReproduceError
-from ..models import get_model_cfg
+from ..models import Checkpoint, TableRow, get_model_cfg, published_tables
 from .recipes import RecipeError, list_recipes, read_recipe
 
-SHARED_BASES_CIFAR10 = (
-    "resnet32_s8u1_cifar10", "resnet32_s16u1_cifar10", "resnet32_s16u1_double_cifar10",
-    "resnet56_s8u1_cifar10", "resnet56_s16u1_cifar10", "resnet56_s16u1_double_cifar10",
-)  # fmt: skip
-TABLES = {
-    "xnor-net-cifar10": tuple(
-        (r, r, None) for r in ("nin_cifar10", "nin_gc_cifar10", "nin_xnornet_cifar10", "nin_gc_xnornet_cifar10")
-    ),
-    "shared-bases-cifar10": tuple((m, "shared_bases_cifar10", m) for m in SHARED_BASES_CIFAR10),
-}
 RESULTS = "results"
 # libjpeg's luminance quantisation table (ITU T.81 Annex K), scaled by the quality setting.
 _JPEG_LUMA = (
@@ -49,24 +37,18 @@ _JPEG_LUMA = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Row:
-    name: str  # the run folder's name
-    recipe: str
-    model: str | None = None  # overrides the recipe's model
-
-
-def resolve_rows(names: list[str]) -> list[Row]:
-    rows = []
+def resolve_rows(names: list[str]) -> list[TableRow]:
+    """The rows of each NAME: a published table the families registered, or one recipe."""
+    tables, rows = published_tables(), []
     for name in names:
-        if name in TABLES:
-            rows += [Row(*spec) for spec in TABLES[name]]
+        if name in tables:
+            rows += tables[name]
         elif name in list_recipes() or name.endswith(".toml"):
-            rows.append(Row(Path(name).stem, name))
+            rows.append(TableRow(Path(name).stem, name))
         else:
-            close = difflib.get_close_matches(name, [*TABLES, *list_recipes()], n=3, cutoff=0.5)
+            close = difflib.get_close_matches(name, [*tables, *list_recipes()], n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise RecipeError(f"unknown table or recipe {name!r}{hint} (tables: {', '.join(TABLES)})")
+            raise RecipeError(f"unknown table or recipe {name!r}{hint} (tables: {', '.join(tables)})")
     return list(dict.fromkeys(rows))
 
 
@@ -74,7 +56,7 @@ def _recipe_epochs(recipe: dict) -> int:
     return sum(p["epochs"] for p in recipe["phases"]) if "phases" in recipe else recipe["train"]["epochs"]
 
 
-def train_command(row: Row, out: Path, data: str | None, epochs: int | None) -> list[str]:
+def train_command(row: TableRow, out: Path, data: str | None, epochs: int | None) -> list[str]:
     """The ``compactnets train`` command of a row: resume where a run is, else start it."""
     if (out / "last.pth").is_file():
         cmd = ["compactnets", "train", "--resume", str(out)]
@@ -85,13 +67,13 @@ def train_command(row: Row, out: Path, data: str | None, epochs: int | None) -> 
     return cmd + (["--epochs", str(epochs)] if epochs else []) + ["--no-progress"]
 
 
-def run_row(row: Row, out: Path, data: str | None, epochs: int | None) -> int:
+def run_row(row: TableRow, out: Path, data: str | None, epochs: int | None) -> int:
     """Train one row (in its own process) unless its run already has the epochs; the exit status."""
     if (out / "last.pth").is_file():
-        ckpt = load_file(out / "last.pth")
-        target = epochs or ckpt["args"].get("epochs")
-        if ckpt["epoch"] >= target:
-            print(f"{row.name}: {ckpt['epoch']} epochs already in {out}")
+        state = Checkpoint.read(out / "last.pth").training
+        target = epochs or state["args"].get("epochs")
+        if state["epoch"] >= target:
+            print(f"{row.name}: {state['epoch']} epochs already in {out}")
             return 0
     cmd = train_command(row, out, data, epochs)
     print(f"{row.name}: {shlex.join(cmd)}", flush=True)
@@ -146,7 +128,7 @@ def _number(value: str) -> float | None:
     return float(value) if value not in ("", None) else None
 
 
-def row_result(row: Row, out: Path) -> dict:
+def row_result(row: TableRow, out: Path) -> dict:
     recipe = read_recipe(row.recipe)
     model = row.model or recipe["train"]["model"]
     paper = recipe.get("shortens")
@@ -255,7 +237,7 @@ def plot_curves(out: Path, published: float | None) -> Path | None:
 
 def add_reproduce_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add = parser.add_argument
-    add("names", nargs="+", metavar="NAME", help=f"recipe or table ({', '.join(TABLES)})")
+    add("names", nargs="+", metavar="NAME", help=f"recipe or table ({', '.join(published_tables())})")
     add("--output", default=str(Path("runs") / "reproduce"), help="folder of the runs and the table")
     add("--data", help="dataset folder (default: the embedded CIFAR-10 subset)")
     add("--epochs", type=int, help="train each row for this many epochs instead of its recipe's")

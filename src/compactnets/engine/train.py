@@ -36,18 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import (
-    CHECKPOINT_VERSION,
-    CheckpointError,
-    load_file,
-    load_state_dict_checked,
-    save_atomic,
-)
+from ..checkpoint import CheckpointError, load_state_dict_checked, plain
 from ..data import detect_kind
 from ..data.datasets import KINDS
 from ..data.transforms import AUGMENTATIONS
 from ..errors import OptionError
-from ..models import create_model, get_model_cfg, parse_model_kwargs
+from ..models import Checkpoint, create_model, get_model_cfg, parse_model_kwargs
 from .batchnorm import reestimate_bn
 from .distill import distillation_loss, load_teacher
 from .distributed import device_description, init_distributed, resolve_device, shutdown_distributed
@@ -317,14 +311,6 @@ def train_one_epoch(
 # --- the run ----------------------------------------------------------------------------------------------
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
-
-
 def _write_log(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
@@ -458,18 +444,19 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     ckpt, start_epoch, start_step, best, best_epoch = None, 0, 0, None, None
     if args.resume:
         path = resume_checkpoint_path(args.resume)
-        ckpt = load_file(path)
-        lacking = [k for k in ("state_dict", "rng", "epoch", "optimizer", "scheduler") if k not in ckpt]
+        saved = Checkpoint.read(path)
+        ckpt = saved.training  # the run's state: epoch, optimizer, RNG, ...
+        lacking = [k for k in ("rng", "epoch", "optimizer", "scheduler") if k not in ckpt]
         if lacking:
             raise CheckpointError(
                 f"{path} holds weights without a training state (no {', '.join(lacking)}): --resume continues "
                 f"a compactnets training run; to start a run from these weights use --pretrained {path}"
             )
-        load_state_dict_checked(_unwrap(model), ckpt["state_dict"], what=f"checkpoint {path}")
+        saved.load_exact(_unwrap(model))
         if ema is not None:
-            if "state_dict_ema" not in ckpt:
+            if saved.state_dict_ema is None:
                 raise CheckpointError(f"{path} was trained without --model-ema: resume it without")
-            load_state_dict_checked(ema.module, ckpt["state_dict_ema"], what=f"the EMA weights of {path}")
+            load_state_dict_checked(ema.module, saved.state_dict_ema, what=f"the EMA weights of {path}")
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
@@ -479,7 +466,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         log(f"resuming {path} {f'at {where}' if where else f'after epoch {start_epoch}'}/{args.epochs} "
             f"(best top-1 {_fmt(best, '.2f')})")  # fmt: skip
     rows = _read_log(out / "log.csv", start_epoch)
-    options = _plain({k: v for k, v in vars(args).items() if not callable(v)})  # the CLI adds its handler
+    options = plain({k: v for k, v in vars(args).items() if not callable(v)})  # the CLI adds its handler
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "args.json").write_text(json.dumps(options, indent=2) + "\n")
@@ -502,20 +489,15 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         eval_progress = Progress(show_progress, f"eval after epoch {epoch + 1}", args.log_interval)
         return evaluate(evaluated, eval_loader, device, channels_last=args.channels_last, progress=eval_progress)
 
-    def weights() -> dict:
-        return {"state_dict": _unwrap(model).state_dict()} | (
-            {"state_dict_ema": ema.module.state_dict()} if ema is not None else {}
-        )
+    def checkpoint(state: dict) -> Checkpoint:
+        """The weights as they are now (and their EMA), with the training state ``state``."""
+        ema_module = ema.module if ema is not None else None
+        return Checkpoint.of_model(_unwrap(model), ema_module, model_kwargs=model_kwargs, class_names=classes,
+                                   training=state)  # fmt: skip
 
     def training_state(epoch: int, phase: int, optimizer, scheduler, **position) -> dict:
-        """The checkpoint: weights, training state, and where in the run it stands (``position``)."""
+        """The state a run resumes from, and where in the run it stands (``position``)."""
         return {
-            "version": CHECKPOINT_VERSION,
-            "arch": args.model,
-            "model_kwargs": model_kwargs,
-            **weights(),
-            "pretrained_cfg": _plain(_unwrap(model).pretrained_cfg),
-            "class_names": classes,
             "epoch": epoch,
             "phase": phase,
             "optimizer": optimizer.state_dict(),
@@ -533,7 +515,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         if dist_info.is_main:
             position = {"step_in_epoch": steps_done, "epoch_stats": stats, "elapsed_s": time.perf_counter() - start,
                         "metrics": {"lr": lr}}  # fmt: skip
-            save_atomic(training_state(epoch, phase, optimizer, scheduler, **position), out / "last.pth")
+            checkpoint(training_state(epoch, phase, optimizer, scheduler, **position)).save(out / "last.pth")
         return f"saved at step {steps_done}/{iters_per_epoch} of epoch {epoch + 1}"
 
     def finish_epoch(epoch: int, state: dict, lr: float, train_stats: dict, elapsed: float, evaluate_now: bool):
@@ -544,7 +526,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         if evaluate_now:
             if dist_info.is_main:  # kept if the evaluation is interrupted: resuming evaluates this epoch again
                 pending = _metrics(epoch, lr, train_stats, None, best, started)
-                save_atomic({**state, "metrics": pending, "pending_eval": True}, out / "last.pth")
+                checkpoint({**state, "metrics": pending, "pending_eval": True}).save(out / "last.pth")
             eval_stats = evaluation(epoch)
         # The best epoch is the best evaluated one (train top-1 only in runs that never evaluate).
         score = eval_stats["top1"] if eval_stats else (None if eval_loader is not None else train_stats["top1"])
@@ -553,19 +535,17 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             best, best_epoch = score, epoch + 1
         metrics = _metrics(epoch, lr, train_stats, eval_stats, best, started)
         if dist_info.is_main:
-            checkpoint = {
-                **state,
-                **weights(),  # as evaluated: BN statistics re-estimated
-                "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state(),
+            saved = checkpoint({  # the weights as evaluated: BN statistics re-estimated
+                **state, "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state(),
                 "pending_eval": False,
-            }  # fmt: skip
+            })  # fmt: skip
             # Log, best, then last: a run killed between any two writes resumes from a consistent last.pth
             # (log rows after its epoch are dropped on resume).
             rows.append({k: ("" if v is None else v) for k, v in metrics.items()})
             _write_log(out / "log.csv", rows)
             if is_best:
-                save_atomic(checkpoint, out / "best.pth")
-            save_atomic(checkpoint, out / "last.pth")
+                saved.save(out / "best.pth")
+            saved.save(out / "last.pth")
         log(_epoch_line(metrics, args.epochs))
 
     show_progress = dist_info.is_main and not args.no_progress
@@ -591,9 +571,10 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             if len(phases) > 1 and not resumed_inside:
                 log(f"phase {index + 1}/{len(phases)}: epochs {phase.start + 1}-{phase.end}, lr {phase.args.lr:g}")
                 if phase.restart_from_best:
-                    best_ckpt = load_file(out / "best.pth")
-                    load_state_dict_checked(_unwrap(model), best_ckpt["state_dict"], what=f"checkpoint {out}/best.pth")
-                    log(f"  restarting from best.pth (epoch {best_ckpt['epoch']}), fresh {phase.args.opt} optimizer")
+                    best_ckpt = Checkpoint.read(out / "best.pth")
+                    best_ckpt.load_exact(_unwrap(model))
+                    log(f"  restarting from best.pth (epoch {best_ckpt.training['epoch']}), fresh {phase.args.opt} "
+                        "optimizer")  # fmt: skip
             optimizer = create_optimizer(_unwrap(model), phase.args)
             # With --steps the schedule spans steps / iters_per_epoch (fractional) epochs: exactly the steps.
             schedule_args = (
@@ -701,4 +682,4 @@ def default_output(model: str) -> str:
 
 def stored_args(resume: str) -> dict:
     """The options a run was started with, read from its checkpoint."""
-    return dict(load_file(resume_checkpoint_path(resume)).get("args") or {})
+    return dict(Checkpoint.read(resume_checkpoint_path(resume)).training.get("args") or {})

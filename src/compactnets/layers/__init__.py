@@ -1,8 +1,10 @@
 """Reusable layers: binarization, channel shuffle, shared filter bases, WeightNet dynamic convolutions,
-MicroNet's micro-factorized convolutions and Dynamic Shift-Max, and BN folding for inference."""
+MicroNet's micro-factorized convolutions and Dynamic Shift-Max, BN folding for inference, and the global pooling
+in front of the models' classifiers."""
 
 from .binary import BinaryActivation, BinaryConv2d, binarize_activation, xnor_weight
-from .fold import compose, fold_bn, shuffle_perm
+from .classifier import GLOBAL_POOL_TYPES, create_global_pool
+from .fold import ConcatConv2d, compose, fold_bn, plain_conv, shuffle_perm
 from .micro_factorized import (
     ChannelGather,
     GroupConvBN,
@@ -24,11 +26,13 @@ from .weightnet import (
 )
 
 __all__ = [
+    "GLOBAL_POOL_TYPES",
     "PER_SAMPLE_IMPLS",
     "BinaryActivation",
     "BinaryConv2d",
     "ChannelGather",
     "ChannelShuffle",
+    "ConcatConv2d",
     "DynamicShiftMax",
     "FusedShiftMax",
     "GroupConvBN",
@@ -43,9 +47,11 @@ __all__ = [
     "binarize_activation",
     "channel_shuffle",
     "compose",
+    "create_global_pool",
     "fold_bn",
     "make_divisible",
     "per_sample_conv2d",
+    "plain_conv",
     "per_sample_depthwise_conv2d",
     "refer_to",
     "set_per_sample_impl",

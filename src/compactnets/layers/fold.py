@@ -1,4 +1,5 @@
-"""Inference-time folding of batch norm into the linear layer before it, and channel-permutation helpers."""
+"""Inference-time folding of batch norm into the linear layer before it, plain convs for layers that are convs in
+disguise, and channel-permutation helpers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,26 @@ def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batc
     shift = bn.bias - bn.running_mean * scale
     folded_bias = shift if bias is None else bias * scale + shift
     return weight * scale.view(-1, *([1] * (weight.ndim - 1))), folded_bias
+
+
+class ConcatConv2d(nn.Module):
+    """Convs of one input whose outputs are concatenated (a BN after it folds into each, slice by slice)."""
+
+    def __init__(self, convs: list[nn.Conv2d]):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([conv(x) for conv in self.convs], dim=1)
+
+
+def plain_conv(weight: torch.Tensor, like: nn.Module, groups: int) -> nn.Conv2d:
+    """An ``nn.Conv2d`` holding a copy of ``weight``, with the geometry (kernel, padding, dilation) of ``like``."""
+    out_chs, in_per_group = weight.shape[:2]
+    conv = nn.Conv2d(in_per_group * groups, out_chs, like.kernel_size, padding=like.padding, dilation=like.dilation,
+                     groups=groups, bias=False)  # fmt: skip
+    conv.weight = nn.Parameter(weight.detach().clone())
+    return conv
 
 
 def shuffle_perm(channels: int, groups: int) -> torch.Tensor:

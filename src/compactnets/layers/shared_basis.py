@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fold import ConcatConv2d, plain_conv
+
 
 def refer_to(owner: nn.Module, name: str, target: nn.Module) -> None:
     """Make ``target`` (a shared basis registered by the model) a child ``owner.<name>`` that the state dict skips.
@@ -94,6 +96,15 @@ class SharedBasisConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
+
+    def as_conv(self) -> nn.Module:
+        """Plain convs computing the same (what BN folding needs): one conv of ``cat([unique, shared])`` when neither
+        is grouped, else the two side by side; the shared basis is copied into each layer, so that each layer's
+        BN can fold into it."""
+        if self.groups == 1 and self.shared.groups == 1:
+            return plain_conv(torch.cat([self.weight, self.shared.weight]), self, 1)
+        unique, shared = plain_conv(self.weight, self, self.groups), self.shared
+        return ConcatConv2d([unique, plain_conv(shared.weight, shared, shared.groups)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding, dilation = self.padding, self.dilation

@@ -4,7 +4,6 @@ constructor's signature."""
 from __future__ import annotations
 
 import ast
-import copy
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from torch import nn
 
 from ..errors import ModelArgumentError
-from ._builder import cfg_for_num_classes, feature_extractor
+from ._builder import Checkpoint, build_model_with_cfg
 from ._registry import bundled_weights_file, model_entry, resolve_tag, split_model_name_tag
 
 _WORDS = {"true": True, "false": False, "none": None, "null": None}  # as YAML/JSON users write them
@@ -125,29 +124,11 @@ def create_model(
             timm's ``adapt_input_conv`` does; ``global_pool``; family options).
     """
     entry, cfg = resolve_tag(name)
-    arch, _ = split_model_name_tag(name)
     checkpoint = None
     if pretrained:
-        from ..checkpoint import read_weights
-
-        source = bundled_weights_file(name) if pretrained is True else Path(pretrained)
-        checkpoint = read_weights(source)
-        kwargs = {**checkpoint.get("model_kwargs", {}), **kwargs}
+        checkpoint = Checkpoint.read(bundled_weights_file(name) if pretrained is True else pretrained)
+        kwargs = {**checkpoint.model_kwargs, **kwargs}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    try:
-        model = entry.fn(**kwargs)
-    except TypeError as e:
-        if "unexpected keyword argument" not in str(e):
-            raise
-        raise ModelArgumentError(f"{arch}: {e}") from e
-    model.pretrained_cfg = cfg_for_num_classes(copy.deepcopy(cfg), model.num_classes)
-    model.pretrained_cfg["architecture"] = arch
-    model.default_cfg = model.pretrained_cfg  # timm's alias
-    if checkpoint is not None:
-        from ..checkpoint import load_pretrained
-
-        load_pretrained(model, checkpoint, what=f"checkpoint {source}")
-    if features_only:
-        model = feature_extractor(model, out_indices)
-    return model
+    arch = split_model_name_tag(name)[0]
+    return build_model_with_cfg(entry, cfg, arch, kwargs, checkpoint, features_only, out_indices)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
+import functools
+import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,7 +76,17 @@ def model_cfg(**kwargs) -> dict:
 CIFAR10_JPEG = "../shared/data/cifar10: the CIFAR-10 test set re-encoded as JPEG quality 75 (10,000 images)"
 
 
-def shipped_cfg(base: dict, name: str, recipe: str, epochs: int, top1: float, top5: float) -> dict:
+PACKAGE = Path(__file__).resolve().parents[1]
+# The weights compactnets trained and ships: ``arch.tag`` -> recipe, epochs, top1, top5 (tools/ship_weights.py).
+SHIPPED_MANIFEST = PACKAGE / "weights" / "manifest.json"
+
+
+@functools.cache
+def shipped_weights() -> dict[str, dict]:
+    return json.loads(SHIPPED_MANIFEST.read_text())
+
+
+def _shipped_cfg(base: dict, name: str, recipe: str, epochs: int, top1: float, top5: float) -> dict:
     """The config of weights trained by compactnets and shipped as ``weights/<name>.safetensors`` (``name`` is
     ``arch.tag``): ``base`` with the file and how it was trained; ``top1``/``top5`` as ``compactnets eval`` measures
     them on the CIFAR-10 test set of ../shared/data (fp32, channels-last)."""
@@ -120,8 +132,18 @@ class Converter:
     model_kwargs: Mapping[str, dict] = field(default_factory=dict)  # per model: constructor options to convert with
 
 
+@dataclass(frozen=True)
+class TableRow:
+    """A row of a published table, as ``compactnets reproduce`` trains it."""
+
+    name: str  # the run folder's name
+    recipe: str
+    model: str | None = None  # overrides the recipe's model
+
+
 _models: dict[str, _Entry] = {}
 _converters: dict[str, Converter] = {}
+_tables: dict[str, tuple[TableRow, ...]] = {}
 
 
 def split_model_name_tag(name: str) -> tuple[str, str]:
@@ -152,6 +174,11 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     }
     if not cfgs:
         raise RuntimeError(f"{fn.__module__} has no default_cfgs[{name!r}] (or {name!r}.<tag>)")
+    base = cfgs.get("", next(iter(cfgs.values())))
+    for key, shipped in shipped_weights().items():
+        arch, tag = split_model_name_tag(key)
+        if arch == name:
+            cfgs[tag] = _shipped_cfg(base, key, **shipped)
     if name in _models:
         raise RuntimeError(f"model {name!r} is registered twice ({_models[name].fn.__module__}, {fn.__module__})")
     for tag, cfg in cfgs.items():
@@ -164,6 +191,17 @@ def register_converter(family: str, filter_fn, reader=None, model_kwargs: Mappin
     """The preprocessing official weights expect belongs in the models' default configs, which ``convert``
     saves with the weights; ``model_kwargs`` gives, per model, the options that reproduce the official model."""
     _converters[family] = Converter(family, filter_fn, reader, dict(model_kwargs or {}))
+
+
+def register_table(name: str, rows: list[TableRow]) -> None:
+    """A published table the family reproduces (``compactnets reproduce NAME``): a row per recipe it trains."""
+    if name in _tables:
+        raise RuntimeError(f"table {name!r} is registered twice")
+    _tables[name] = tuple(rows)
+
+
+def published_tables() -> dict[str, tuple[TableRow, ...]]:
+    return dict(_tables)
 
 
 def get_converter(family: str) -> Converter:
@@ -242,4 +280,4 @@ def bundled_weights_file(name: str) -> Path:
             f"convert --family {entry.family} --model {arch} <official file> {arch}.pth` (or train one) and "
             f"pass pretrained='{arch}.pth'{notes}"
         )
-    return Path(__file__).parent.parent / cfg["file"]  # relative to the package
+    return PACKAGE / cfg["file"]

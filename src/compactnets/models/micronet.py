@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..counting import flop_counter_macs, forward_hooks, register_convention
 from ..layers import (
     ChannelGather,
     ChannelShuffle,
@@ -34,11 +35,12 @@ from ..layers import (
     MaxGroupPooling,
     SpatialSeparableConv,
     compose,
+    create_global_pool,
     fold_bn,
     shuffle_perm,
 )
-from ._registry import model_cfg, register_converter, register_model
 from ._features import FeatureStages, identity_after
+from ._registry import model_cfg, register_converter, register_model
 
 FAMILY = "micronet"
 
@@ -282,9 +284,8 @@ def _init_linear(linear: nn.Linear) -> None:
 
 def _global_pool(kind: str) -> nn.Module:
     """The official head pools, then applies h_swish; '' keeps the unpooled map."""
-    if kind not in ("avg", ""):
-        raise ValueError(f"MicroNet supports global_pool 'avg' or '', not {kind!r}")
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Hardswish(), nn.Flatten(1)) if kind else nn.Identity()
+    pool, flatten = create_global_pool(kind, "MicroNet")
+    return nn.Sequential(pool, nn.Hardswish(), flatten) if kind else nn.Identity()
 
 
 class MicroNet(FeatureStages, nn.Module):
@@ -495,6 +496,29 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MicroNet) -
 
 
 register_converter(FAMILY, checkpoint_filter_fn)
+
+
+def micronet_madds(model: nn.Module, x: torch.Tensor) -> int:
+    """FlopCounterMode MACs (convs, classifier and shift-max FCs) plus the Dynamic Shift-Max fusion
+    ``max_k(a_k x + b_k x2)``: J * K = 2K multiply-adds per output element (micronet.md section 4)."""
+    fusion = 0
+
+    def hook(module, inp, out):
+        nonlocal fusion
+        fusion += module.fusion_madds(out)
+
+    with forward_hooks(model, lambda m: isinstance(m, DynamicShiftMax), hook):
+        macs = flop_counter_macs(model, x)[0]
+    return macs + fusion
+
+
+# How the paper's MAdds were counted.
+register_convention(
+    "micronet",
+    "MicroNet MAdds: convs + classifier FCs + shift-max FCs (FlopCounterMode) + shift-max fusion "
+    "(2K multiply-adds per output element for K branches)",
+    micronet_madds,
+)
 
 
 def _create(variant: str, **kwargs) -> MicroNet:

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..layers import BinaryActivation, BinaryConv2d, ChannelShuffle
-from ._registry import model_cfg, register_converter, register_model, shipped_cfg
+from ..layers import BinaryActivation, BinaryConv2d, ChannelShuffle, create_global_pool
 from ._features import FeatureStages, identity_after
+from ._registry import TableRow, model_cfg, register_converter, register_model, register_table
 
 FAMILY = "xnor-net"
 
@@ -135,10 +135,7 @@ class NIN(FeatureStages, nn.Module):
         """New classifier block (full-precision 1x1 conv -> BN -> ReLU); ``num_classes=0`` removes it."""
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"NIN supports global_pool 'avg' or '', not {global_pool!r}")
-            self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
-            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+            self.global_pool, self.flatten = create_global_pool(global_pool, "NIN")
         classifier = (
             ConvBnReLU(self.num_features, num_classes, 1, self._groups[8], self._shuffle_groups[8])
             if num_classes > 0
@@ -242,13 +239,6 @@ default_cfgs = {
         reference=_ref("589.85 k", "24.71 MMac", 75.76, notes="lr 0.1, 150 epochs, best test epoch")
     ),
 }
-# Weights trained by compactnets on a CPU (tools/ship_weights.py), with the figures `compactnets eval` measures.
-default_cfgs["nin.cifar10jpeg_3ep"] = shipped_cfg(
-    default_cfgs["nin"], "nin.cifar10jpeg_3ep", "nin_cifar10_short", 3, top1=77.41, top5=98.58
-)
-default_cfgs["nin_xnornet.cifar10jpeg_3ep"] = shipped_cfg(
-    default_cfgs["nin_xnornet"], "nin_xnornet.cifar10jpeg_3ep", "nin_xnornet_cifar10_short", 3, top1=50.31, top5=93.67
-)
 
 
 @register_model
@@ -285,3 +275,10 @@ def nin_xnornet(**kwargs) -> NIN:
 def nin_gc_xnornet(**kwargs) -> NIN:
     """XNOR-Net grouped NIN with channel shuffle: blocks 1-7 binary, conv4 3x3."""
     return _create("nin_gc_xnornet", **kwargs)
+
+
+# xnor-net.md's CIFAR-10 table: a recipe per row.
+register_table(
+    "xnor-net-cifar10",
+    [TableRow(r, r) for r in ("nin_cifar10", "nin_gc_cifar10", "nin_xnornet_cifar10", "nin_gc_xnornet_cifar10")],
+)

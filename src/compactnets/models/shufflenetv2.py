@@ -36,9 +36,9 @@ from torch import nn
 
 from .. import safe_pickle
 from ..checkpoint import CheckpointError
-from ..layers import WeightNet, WeightNetDW
-from ._registry import model_cfg, register_converter, register_model
+from ..layers import WeightNet, WeightNetDW, create_global_pool
 from ._features import FeatureStages, identity_after
+from ._registry import model_cfg, register_converter, register_model
 
 FAMILY = "weightnet"
 
@@ -264,10 +264,7 @@ class ShuffleNetV2(FeatureStages, nn.Module):
         """New ``classifier`` (a Sequential holding the Linear, as in the official state dict); 0 removes it."""
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"ShuffleNetV2 supports global_pool 'avg' or '', not {global_pool!r}")
-            self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
-            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+            self.global_pool, self.flatten = create_global_pool(global_pool, "ShuffleNetV2")
         self.classifier = (
             nn.Sequential(nn.Linear(self.num_features, num_classes, bias=self.bias))
             if num_classes > 0
