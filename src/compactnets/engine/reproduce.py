@@ -1,13 +1,14 @@
 """``compactnets reproduce``: train the rows of a published table and put the measured figures beside the paper's.
 
-A NAME is a recipe (one row, the recipe's model; a name or a .toml file) or a table: ``xnor-net-cifar10`` (the
-four NIN rows of xnor-net.md) or ``shared-bases-cifar10`` (the six ResNet32/56 rows of shared-bases.md, each the
-``shared_bases_cifar10`` recipe with its model). Each row trains with ``compactnets train`` in its own process
-into ``OUTPUT/<row>/``, resuming a run that is already there; then ``OUTPUT/results.md`` and ``results.json``
-list, per row: the published top-1, the measured best-epoch top-1 (the figure the seed repos report) and
-last-epoch top-1, epochs run against the recipe's (and the paper recipe's, for a recipe that ``shortens``
-one), training time, device, precision, the data, and the command; ``OUTPUT/<row>/curves.png`` plots loss and
-top-1 per epoch (train and test) where matplotlib is installed (``pip install compactnets[plot]``).
+A NAME is a recipe (one row, the recipe's model; a name or a .toml file) or a published table that a family
+registers with its rows (``register_table``; today ``xnor-net-cifar10``, the four NIN rows of xnor-net.md, and
+``shared-bases-cifar10``, the six ResNet32/56 rows of shared-bases.md). Each row trains with ``compactnets
+train`` in its own process into ``OUTPUT/<row>/``, resuming a run that is already there; then
+``OUTPUT/results.md`` and ``results.json`` list, per row: the published top-1, the measured best-epoch top-1 (the
+figure the seed repos report) and last-epoch top-1, epochs run against the recipe's (and the paper recipe's, for
+a recipe that ``shortens`` one), training time, device, precision, the data, and the command;
+``OUTPUT/<row>/curves.png`` plots loss and top-1 per epoch (train and test) where matplotlib is installed
+(``pip install compactnets[plot]``).
 ``--table-only`` rebuilds the table from the run folders without training.
 """
 
