@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ..cpu import cpu_model
 from ..errors import OptionError
 
 
@@ -44,13 +43,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def device_description(device: torch.device) -> str:
-    """The device in words, as a results table names it: 'cuda:0 (NVIDIA H200)', 'cpu (AMD EPYC ..., 2 threads)'."""
+    """The device in words, as a results table names it: 'cuda:0 (NVIDIA H200)', 'cpu (AMD EPYC ... (family 26,
+    model 2), 2 threads)'."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    return f"{device} ({name}, {torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
+    return f"{device} ({cpu_model()}, {torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
 
 
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
