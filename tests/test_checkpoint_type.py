@@ -87,3 +87,11 @@ def test_ema_weights_are_their_own_model(tmp_path):
     assert _same_outputs(read.build_model(), model) and _same_outputs(read.ema().build_model(), average)
     assert not _same_outputs(read.ema().build_model(), model)
     assert _same_outputs(load_model(tmp_path / "c.pth", ema=True), average)
+
+
+def test_a_bare_state_dict_is_a_checkpoint_without_training_state(tmp_path):
+    model = _model()
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    read = Checkpoint.read(tmp_path / "bare.pth")
+    assert read.training == {} and read.arch is None and set(read.state_dict) == set(model.state_dict())
+    assert _same_outputs(read.build_model("nin"), model)

@@ -80,7 +80,8 @@ class Checkpoint:
             arch=arch,
             class_names=obj.get("class_names"),
             state_dict_ema=extract_state_dict(ema) if isinstance(ema, Mapping) else None,
-            training={k: v for k, v in obj.items() if k not in _OWN_KEYS},
+            # a bare state dict's tensors are its weights, not training state
+            training={k: v for k, v in obj.items() if k not in _OWN_KEYS and not isinstance(v, torch.Tensor)},
             source=source,
             **fields,
         )
