@@ -34,7 +34,7 @@ from ..checkpoint import (
     save_safetensors,
 )
 from ..errors import ModelArgumentError
-from ._registry import _Entry, resolve_tag, split_model_name_tag
+from ._registry import ModelEntry, resolve_tag, split_model_name_tag
 
 _OWN_KEYS = ("version", "arch", "model_kwargs", "pretrained_cfg", "class_names", "state_dict_ema", *STATE_DICT_KEYS)
 
@@ -168,7 +168,7 @@ class Checkpoint:
 
 
 def build_model_with_cfg(
-    entry: _Entry,
+    entry: ModelEntry,
     cfg: dict,
     arch: str,
     kwargs: dict,

@@ -7,7 +7,9 @@ name is the model name. Official-checkpoint converters register per family with 
 
 Pretrained tags work as timm's: ``default_cfgs`` keys are ``arch`` or ``arch.tag``; ``arch`` alone means its
 default tag (one ending in ``*``, else the first with weights, else the first). A cfg has weights when its
-``file`` (relative to the package) is set; ``create_model('arch.tag', pretrained=True)`` loads it.
+``file`` (relative to the package) is set; ``create_model('arch.tag', pretrained=True)`` loads it. The weights
+compactnets trained itself are data, not code: each entry of ``weights/manifest.json`` adds its ``arch.tag``.
+A family also registers the published tables it reproduces (:func:`register_table`).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def _shipped_cfg(base: dict, name: str, recipe: str, epochs: int, top1: float, t
 
 
 @dataclass(frozen=True)
-class _Entry:
+class ModelEntry:
     fn: Callable[..., nn.Module]
     family: str
     cfgs: dict[str, dict]  # by tag ('' for an untagged key), the default tag first
@@ -141,7 +143,7 @@ class TableRow:
     model: str | None = None  # overrides the recipe's model
 
 
-_models: dict[str, _Entry] = {}
+_models: dict[str, ModelEntry] = {}
 _converters: dict[str, Converter] = {}
 _tables: dict[str, tuple[TableRow, ...]] = {}
 
@@ -183,7 +185,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         raise RuntimeError(f"model {name!r} is registered twice ({_models[name].fn.__module__}, {fn.__module__})")
     for tag, cfg in cfgs.items():
         cfg["tag"] = tag.rstrip("*")
-    _models[name] = _Entry(fn, module.FAMILY, _order_tags(cfgs))
+    _models[name] = ModelEntry(fn, module.FAMILY, _order_tags(cfgs))
     return fn
 
 
@@ -210,7 +212,7 @@ def get_converter(family: str) -> Converter:
     return _converters[family]
 
 
-def model_entry(name: str) -> _Entry:
+def model_entry(name: str) -> ModelEntry:
     """The registered constructor, family and configs of ``name`` (``arch`` or ``arch.tag``)."""
     arch, _ = split_model_name_tag(name)
     if arch not in _models:
@@ -220,7 +222,7 @@ def model_entry(name: str) -> _Entry:
     return _models[arch]
 
 
-def resolve_tag(name: str) -> tuple[_Entry, dict]:
+def resolve_tag(name: str) -> tuple[ModelEntry, dict]:
     """The entry of ``name`` and the config of its tag (the default tag when none is given)."""
     entry = model_entry(name)
     _, tag = split_model_name_tag(name)
