@@ -11,7 +11,8 @@ back to back per round), median per call: process CPU time with 1 thread (the la
 on a shared machine), wall time with more threads (CPU time would add the threads up). The goal ratios are
 printed under each table: packed / OpenVINO's fastest on the same network (goal <= 0.5) and packed / OpenVINO's
 fastest on the full-precision twin (goal <= 1.0). Layers: min wall time over interleaved rounds (as the runner's
-plan times them). Weights are random (speed does not depend on their values) unless ``--checkpoint`` is given.
+plan times them). Inputs: real CIFAR-10 test images (the package's subset); weights random, with BN statistics made
+non-trivial, unless ``--checkpoint`` is given.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from compactnets.deploy.packed_runtime import load_packed
 from compactnets.engine.evaluate import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import environment, randomize_bn, time_interleaved  # noqa: E402
+from common import cifar10_batch, environment, randomize_bn, time_interleaved  # noqa: E402
 
 TWINS = {"nin_xnornet": "nin_k3", "nin_gc_xnornet": "nin_gc_k3"}
 FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8",
@@ -79,12 +80,12 @@ def layer_table(runner, batch: int, threads: int) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for row in plan.report:
         i = row["node"]
-        node = runner.nodes[i]
-        if node["op"] != "binary_conv2d":  # the first conv and its packing: float32 (torch) or bf16 paths
+        if i is None or runner.nodes[i]["op"] != "binary_conv2d":  # the first conv and its packing: float32
+            # (torch) or bf16 paths; the batch: whole, or in chunks
             times = ", ".join(f"{k} {v:.3f}" for k, v in row["times_ms"].items())
             lines.append(f"| {row['layer']}: {times} |" + " |" * (len(head) - 3) + f" {_took(row, threads)} | |")
             continue
-        step = runner._steps[i][1]
+        node, step = runner.nodes[i], runner._steps[i][1]
         n, h, w = batch, *(int(s) for s in row["layer"].split("@")[1].split("x"))
         calls = packed_plan.conv_candidates(runner, i, (n, h, w), threads)
         x = torch.randint(0, 2, (n, node["in_channels"], h, w)).float().contiguous(memory_format=torch.channels_last)
@@ -135,7 +136,7 @@ def onnxruntime_session(path: Path, threads: int):
 
 
 def network_table(name, runners, onnx: dict, batch: int, threads: int, rounds: int) -> list[str]:
-    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = cifar10_batch(batch, next(iter(runners.values())).pretrained_cfg)
     xn = x.numpy()
     twin = TWINS[name]
     fns = {f"packed {name} ({precision})": (lambda r=r: r(x)) for precision, r in runners.items()}

@@ -123,6 +123,15 @@ def test_output_that_cannot_be_a_run_folder(run_cli, tmp_path):
     _fails(run_cli, "train", *RUN, "--output", a_file / "run", message="cannot be created")
 
 
+def test_a_run_stopped_before_writing_removes_only_the_folder_it_created(run_cli, tmp_path):
+    out = tmp_path / "new"
+    _fails(run_cli, "train", "--model", "nin_xnornt", "--output", out, message="unknown model 'nin_xnornt'")
+    assert not out.exists()
+    out.mkdir()
+    _fails(run_cli, "train", "--model", "nin_xnornt", "--output", out, message="unknown model 'nin_xnornt'")
+    assert out.is_dir() and not any(out.iterdir())  # there before: kept, and the lock is gone
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output(run_cli, tmp_path):
     ro = tmp_path / "ro"

@@ -157,6 +157,36 @@ def test_plan_times_every_path_and_takes_the_fastest(packed_models, name):
     torch.testing.assert_close(runner(x), model(x), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("choice", ["whole", f"chunks of {packed_plan.CHUNK}"])
+def test_a_large_batch_runs_whole_or_in_chunks_with_the_same_results(packed_models, monkeypatch, choice):
+    """Two chunks and a rest: the logits and every binary conv's signs of a chunked batch equal those of the
+    image-by-image runs; the batch's choice is timed and reported."""
+    model, path = packed_models["nin_xnornet"]
+    x = torch.randn(2 * packed_plan.CHUNK + 3, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    singles = load_packed(path, threads=1, precision="exact")
+    alone = [singles.run_with_signs(x[i : i + 1]) for i in range(len(x))]
+    timed = packed_plan.fastest
+
+    def chosen(calls, **kwargs):
+        if "whole" not in calls:
+            return timed(calls, **kwargs)
+        return choice, timed(calls, **kwargs)[1]
+
+    monkeypatch.setattr(packed_plan, "fastest", chosen)
+    runner = load_packed(path, threads=1, precision="exact")
+    logits, signs = runner.run_with_signs(x)
+    plan = runner.plan(tuple(x.shape))
+    assert isinstance(plan, packed_plan.ChunkedPlan) == (choice != "whole")
+    row = plan.report[-1]
+    assert (row["node"], row["layer"], row["path"]) == (None, f"batch of {len(x)}", choice)
+    assert set(row["times_ms"]) == {"whole", f"chunks of {packed_plan.CHUNK}"}
+    torch.testing.assert_close(logits, torch.cat([lg for lg, _ in alone]), atol=1e-5, rtol=1e-5)
+    assert len(signs) == 7
+    for i, batch_signs in enumerate(signs):
+        assert torch.equal(batch_signs, torch.cat([s[i] for _, s in alone]))
+    torch.testing.assert_close(logits, model(x), atol=1e-4, rtol=1e-4)
+
+
 @needs_two_paths
 def test_forcing_a_path_changes_no_bit(packed_models, monkeypatch):
     model, path = packed_models["nin_gc_xnornet"]

@@ -26,11 +26,14 @@ class RunFolder:
     """The ``--output`` folder, held by one run at a time (a lock file naming the holder).
 
     A folder that holds another run is refused unless the run resumes it or ``--overwrite`` starts over (its
-    run files are then removed); temporary checkpoint files that a killed run left behind are removed.
+    run files are then removed); temporary checkpoint files that a killed run left behind are removed. A folder
+    this run created is removed again when the run stops before writing anything into it (a bad option found
+    after the folder was taken leaves no empty ``runs/<model>-<time>`` behind).
     """
 
     def __init__(self, out: Path, args: argparse.Namespace, is_main: bool):
         self.out, self.args, self.is_main, self.lock = out, args, is_main, out / LOCK_FILE
+        self.created = False
 
     def __enter__(self) -> RunFolder:
         if not self.is_main:
@@ -38,6 +41,7 @@ class RunFolder:
         out = self.out
         if out.exists() and not out.is_dir():
             raise OptionError(f"--output {out} is a file, not a folder")
+        self.created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -107,3 +111,5 @@ class RunFolder:
     def __exit__(self, *exc) -> None:
         if self.is_main:
             self._release()
+            if self.created and not any(self.out.iterdir()):
+                self.out.rmdir()
