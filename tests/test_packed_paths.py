@@ -68,11 +68,19 @@ def test_each_path_gives_the_popcount_integers(path, case):
             x_in = bk.pack_signs(x.permute(0, 2, 3, 1), groups)
         return bk.binary_conv(x_in, weights, *geometry, path=p, threads=3, **kwargs)
 
-    for kwargs in (
+    signs_out = dict(threshold=threshold, threshold_sign=threshold_sign)
+    variants = [
         dict(alpha=alpha, bias=bias, relu=True),
-        dict(threshold=threshold, threshold_sign=threshold_sign, out_order=order, out_groups=next_groups),
-        dict(threshold=threshold, threshold_sign=threshold_sign, out_format="int8", out_padding=(1, 0)),
-    ):
+        dict(signs_out, out_order=order, out_groups=next_groups),
+        dict(signs_out, out_format="int8", out_padding=(1, 0)),
+    ]
+    for shuffle_groups in (2, 4, 16):  # channel shuffles (the exporter's orders): their own epilogue on AVX-512
+        if cout % shuffle_groups == 0:
+            j = torch.arange(cout)
+            shuffle = ((j % shuffle_groups) * (cout // shuffle_groups) + j // shuffle_groups).int()
+            variants += [dict(signs_out, out_order=shuffle, out_groups=next_groups),
+                         dict(signs_out, out_order=shuffle, out_format="int8", out_padding=(0, 1))]  # fmt: skip
+    for kwargs in variants:
         assert torch.equal(run(path, **kwargs), run("portable", **kwargs))
     # and the integers are the zero-padded conv's: the float model pads sign(x) with 0
     dots = run(path, alpha=torch.ones(cout), bias=torch.zeros(cout)).permute(0, 3, 1, 2)
