@@ -9,7 +9,7 @@ import multiprocessing
 import pytest
 import torch
 import torch.nn.functional as F
-from test_packed import _with_bn_statistics  # trained-like BN statistics, a quarter of the scales negative
+from test_packed import _assert_same_as_float, _with_bn_statistics  # BN statistics: trained-like
 
 from compactnets import create_model
 from compactnets.deploy import binary_kernel as bk
@@ -71,6 +71,7 @@ def test_each_path_gives_the_popcount_integers(path, case):
     signs_out = dict(threshold=threshold, threshold_sign=threshold_sign)
     variants = [
         dict(alpha=alpha, bias=bias, relu=True),
+        dict(alpha=alpha, bias=bias, out_order=order),
         dict(signs_out, out_order=order, out_groups=next_groups),
         dict(signs_out, out_format="int8", out_padding=(1, 0)),
     ]
@@ -85,6 +86,8 @@ def test_each_path_gives_the_popcount_integers(path, case):
     # and the integers are the zero-padded conv's: the float model pads sign(x) with 0
     dots = run(path, alpha=torch.ones(cout), bias=torch.zeros(cout)).permute(0, 3, 1, 2)
     assert torch.equal(dots, F.conv2d(x, w, stride=stride, padding=pad, dilation=dil, groups=groups))
+    ordered = run(path, alpha=torch.ones(cout), bias=torch.zeros(cout), out_order=order).permute(0, 3, 1, 2)
+    assert torch.equal(ordered, dots[:, order.long()])
 
 
 def test_byte_input_needs_its_border_and_slack():
@@ -162,6 +165,20 @@ def test_plan_times_every_path_and_takes_the_fastest(packed_models, name):
             best = min(row["times_ms"], key=row["times_ms"].get)
             assert (row["path"], row["threads"]) == (best.removesuffix(" x1"), 1 if best.endswith(" x1") else 2)
     runner.threads = 1
+    torch.testing.assert_close(runner(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_channel_shuffles_between_float_ops_are_folded(packed_models):
+    """nin_gc_xnornet's two float shuffles run as no op of their own (one as the output order of the binary conv
+    before an average pool, one in the order of the classifier's weights), with the float model's results."""
+    model, path = packed_models["nin_gc_xnornet"]
+    runner = load_packed(path, precision="exact", threads=1)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(12))
+    ops = [node["op"] for node in runner.nodes]
+    assert ops.count("channel_shuffle") == 2
+    # conv, pack, 7 binary convs, max pool, avg pool + pack, head (conv, relu, pool, flatten): 12 ops, no shuffle
+    assert len(runner.plan(tuple(x.shape)).ops) == 12
+    _assert_same_as_float(model, runner, x)  # every binary conv's signs and the logits
     torch.testing.assert_close(runner(x), model(x), atol=1e-4, rtol=1e-4)
 
 

@@ -597,18 +597,15 @@ def conv_call(
         pad_h=padding[0], pad_w=padding[1], dilation_h=dilation[0], dilation_w=dilation[1],
         out_height=ho, out_width=wo,
     )  # fmt: skip
-    keep = [x, weight, correction]
+    order = out_order.to(torch.int32).contiguous() if out_order is not None else None
+    args.out_order = order.data_ptr() if order is not None else None
     if threshold is None:
         out = _output(out, (n, ho, wo, cout), torch.float32)
         args.mode, args.relu, args.out_float = OUT_FLOAT, int(relu), out.data_ptr()
-        args.alpha, args.bias = alpha.data_ptr(), bias.data_ptr()
-        keep += [alpha, bias]
+        terms = {"alpha": alpha, "bias": bias}
     else:
-        terms = [t.to(torch.int32).contiguous() for t in (threshold, threshold_sign)]  # no-op when int32 already
-        order = out_order.to(torch.int32).contiguous() if out_order is not None else None
-        args.threshold, args.threshold_sign = terms[0].data_ptr(), terms[1].data_ptr()
-        args.out_order = order.data_ptr() if order is not None else None
-        keep += [*terms, order]
+        terms = {"threshold": threshold.to(torch.int32).contiguous(),  # no-op when int32 already
+                 "threshold_sign": threshold_sign.to(torch.int32).contiguous()}  # fmt: skip
         if out_format == "int8":
             out = _byte_output(out, n, ho, wo, cout, out_padding)
             args.mode, args.out_int8 = OUT_INT8, out.data_ptr()
@@ -619,9 +616,10 @@ def conv_call(
             args.mode, args.out_bits, args.out_pix_words = OUT_BITS, out.data_ptr(), pix_words
             args.out_groups, args.out_channels_per_group = out_groups, cout // out_groups
             args.out_group_words = group_words
-    lengths = dict(input=x, weight=weight, correction=correction, alpha=alpha, bias=bias, out=out)
-    if threshold is not None:
-        lengths.update(threshold=terms[0], threshold_sign=terms[1], out_order=order)
+    for name, t in terms.items():
+        setattr(args, name, t.data_ptr())
+    keep = [x, weight, correction, *terms.values(), order]
+    lengths = dict(input=x, weight=weight, correction=correction, out=out, out_order=order, **terms)
     for name, t in lengths.items():
         setattr(args, f"{name}_bytes", _nbytes(t))
     return ConvCall(args, PATHS[path], out, keep)
@@ -632,7 +630,8 @@ def binary_conv(x: torch.Tensor, weights: KernelWeights, kernel_size, stride=(1,
     """Binary convolution of packed bits [N, H, W, pix_words], or of +-1 bytes [N, H + 2 * pad_h, W + 2 * pad_w, C]
     (the AMX path; allocate them with :func:`byte_buffer`).
 
-    With ``alpha``/``bias``: floats [N, Ho, Wo, C] = alpha * dot + bias (then ReLU). With ``threshold``/
+    With ``alpha``/``bias``: floats [N, Ho, Wo, C], channel j = alpha[j] * dot[out_order[j]] + bias[j] (then ReLU;
+    no ``out_order``: the identity). With ``threshold``/
     ``threshold_sign`` (and ``out_order``, int32): the next layer's input, channel j being -1 unless
     ``threshold_sign[j] * dot[out_order[j]] >= threshold[j]``: packed bits laid out for ``out_groups`` groups, or
     with ``out_format="int8"`` +-1 bytes inside a zero border of ``out_padding``. ``path`` picks the instruction

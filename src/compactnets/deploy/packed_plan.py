@@ -19,7 +19,9 @@ changed 15 % of a trained nin_xnornet's CIFAR-10 predictions. Default: :data:`DE
 
 Fused steps: float conv -> pack_signs (bf16, above); avg_pool2d -> pack_signs (one pass, torch's arithmetic); the
 classifier head, 1x1 conv -> [ReLU] -> global average pool (one C pass); another 1x1 float conv on channels-last
-floats as a matrix product (fewer torch calls on small tensors, where each costs more than its arithmetic).
+floats as a matrix product (fewer torch calls on small tensors, where each costs more than its arithmetic). A
+channel shuffle between float ops runs as no op of its own: after a binary conv with float output and an average
+pool (a per-channel op), as the conv's output order; before the classifier head, as an order of its weights.
 
 Large batches: a batch of at least two chunks of :data:`CHUNK` images is also run chunk by chunk through one
 smaller plan (:class:`ChunkedPlan`), so that each layer's input and output stay in the cores' L2 caches, and the
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..layers.fold import shuffle_perm
 from . import binary_kernel as bk
 
 ENV_PRECISION = "COMPACTNETS_PACKED_PRECISION"
@@ -284,7 +287,13 @@ def _build_ops(plan: Plan, runner, i: int, inputs: list, paths: tuple, signs_out
     following = nodes[i + 1] if i + 1 < len(nodes) else None
     packs_next = following is not None and following["op"] == "pack_signs" and "threshold" in tensors[i + 1]
     if op == "binary_conv2d":
-        return [_binary_conv_op(plan, runner, i, *paths, signs_out)], 1
+        return [_binary_conv_op(plan, runner, i, *paths, signs_out, _pooled_shuffle(nodes, tensors, i))], 1
+    if op == "avg_pool2d" and i > 0 and _pooled_shuffle(nodes, tensors, i - 1):  # the conv wrote it shuffled
+        return [_avg_pool_pack_op(runner, i, inputs, signs_out, threads, pack=i + 2)], 3
+    if op == "channel_shuffle":
+        head = _head(nodes, tensors, i + 1, threads, shuffle=node["groups"])
+        if head:
+            return head[0], head[1] + 1
     if op == "bit_max_pool2d":
         return [_max_pool_op(plan, runner, i, signs_out)], 1
     if op == "pack_signs":
@@ -299,11 +308,25 @@ def _build_ops(plan: Plan, runner, i: int, inputs: list, paths: tuple, signs_out
     return [_Op(_float_fn(node, tensors[i], step), fresh=True)], 1
 
 
-def _binary_conv_op(plan, runner, i, paths, conv_threads, signs_out) -> _Op:
+def _pooled_shuffle(nodes: list, tensors: list, i: int) -> int:
+    """The groups of the channel shuffle that binary conv ``i`` writes as its output order, or 0: a conv with
+    float output, then avg_pool2d, channel_shuffle and a pack_signs that the pool fuses with."""
+    ops = [n["op"] for n in nodes[i : i + 4]]
+    if ops != ["binary_conv2d", "avg_pool2d", "channel_shuffle", "pack_signs"] or nodes[i]["output"] != "float":
+        return 0
+    fuses = not nodes[i + 1]["ceil_mode"] and "threshold" in tensors[i + 3]
+    return nodes[i + 2]["groups"] if fuses else 0
+
+
+def _binary_conv_op(plan, runner, i, paths, conv_threads, signs_out, shuffle: int = 0) -> _Op:
     node, step = runner.nodes[i], runner._steps[i][1]
     x = _source(plan)
     out = signs_out.get(i)
     kwargs = dict(step.kwargs)
+    if shuffle:  # channel j of the output is conv channel order[j], with that channel's alpha and bias
+        order = shuffle_perm(node["out_channels"], shuffle)
+        kwargs.update(out_order=order, alpha=kwargs["alpha"][order].contiguous(),
+                      bias=kwargs["bias"][order].contiguous())  # fmt: skip
     if node["output"] == "bits":
         kwargs.update(out_format=out.format if out else "bits", out_padding=out.padding if out else (0, 0))
         if out and out.format == "int8":
@@ -374,9 +397,11 @@ def _pack_op(step, x: torch.Tensor, out: _Signs, threads: int) -> _Op:
     return _Op(_Bound(lambda value: call(value.permute(0, 2, 3, 1)), call.out), fresh=False)
 
 
-def _avg_pool_pack_op(runner, i, inputs, signs_out, threads) -> _Op:
-    node, pack = runner.nodes[i], runner._steps[i + 1][1]
-    out = signs_out.get(i + 1, _Signs(groups=pack.groups))
+def _avg_pool_pack_op(runner, i, inputs, signs_out, threads, pack: int | None = None) -> _Op:
+    """avg_pool2d at node ``i`` and the pack_signs at node ``pack`` (default: the next) in one pass."""
+    pack_at = i + 1 if pack is None else pack
+    node, pack = runner.nodes[i], runner._steps[pack_at][1]
+    out = signs_out.get(pack_at, _Signs(groups=pack.groups))
     x = inputs[i].permute(0, 2, 3, 1)
     n, h, w, c = x.shape
     sizes = zip((h, w), node["kernel_size"], node["stride"], node["padding"], strict=True)
@@ -429,9 +454,12 @@ def _conv_pack_ops(plan, runner, i, inputs, signs_out) -> list[_Op]:
     return [_Op(_Bound(lambda value: conv(value.float(), threads), conv.out), fresh=False, any_strides=True)]
 
 
-def _head(nodes: list, tensors: list, i: int, threads: int) -> tuple[list[_Op], int] | None:
+def _head(nodes: list, tensors: list, i: int, threads: int, shuffle: int = 0) -> tuple[list[_Op], int] | None:
     """conv2d 1x1 (stride 1, no padding, groups 1) -> [relu] -> adaptive_avg_pool2d(1) -> [flatten(1)] at node ``i``,
-    as one op (``cn_head``), and the nodes it covers."""
+    as one op (``cn_head``), and the nodes it covers; ``shuffle``: the groups of a channel shuffle before it, folded
+    into the order of its weights' input channels."""
+    if i >= len(nodes):
+        return None
     node, t = nodes[i], tensors[i]
     if not (node["op"] == "conv2d" and tuple(t["weight"].shape[2:]) == (1, 1) and node["groups"] == 1):
         return None
@@ -445,7 +473,10 @@ def _head(nodes: list, tensors: list, i: int, threads: int) -> tuple[list[_Op], 
     j += 1
     flatten = j < len(nodes) and nodes[j]["op"] == "flatten"
     flatten = flatten and nodes[j]["start_dim"] == 1 and nodes[j]["end_dim"] in (-1, 3)
-    head = bk.Head(t["weight"], t.get("bias"), relu)
+    weight = t["weight"]
+    if shuffle:  # input channel order[j] meets the weights of shuffled channel j
+        weight = weight[:, shuffle_perm(weight.shape[1], shuffle).argsort()]
+    head = bk.Head(weight, t.get("bias"), relu)
 
     def run(x):
         logits = head(x.permute(0, 2, 3, 1), threads)

@@ -13,9 +13,10 @@
  * popcount(w[o, tap]), precomputed per filter and tap (`correction`), is subtracted at border pixels only, as Larq
  * Compute Engine does. Counts are exact integers, so every instruction-set path gives the same bits and floats.
  *
- * Outputs. Either floats, alpha * dot + bias (optionally ReLU), channels-last; or the next layer's packed bits: the
- * bit of channel j is set when NOT (sign_j * dot[order_j] >= threshold_j), where the exporter has folded bias, ReLU,
- * the next block's batch norm and the sign into (sign_j, threshold_j), and channel shuffles into order_j.
+ * Outputs. Either floats, alpha_j * dot[order_j] + bias_j (optionally ReLU), channels-last; or the next layer's
+ * packed bits: the bit of channel j is set when NOT (sign_j * dot[order_j] >= threshold_j), where the exporter has
+ * folded bias, ReLU, the next block's batch norm and the sign into (sign_j, threshold_j), and channel shuffles into
+ * order_j (identity when there is no order).
  *
  * Dispatch. Each instruction-set path is a function compiled with __attribute__((target)) and chosen at run time
  * with __builtin_cpu_supports; nothing is built for the compiling machine's own CPU.
@@ -422,7 +423,13 @@ static inline __attribute__((always_inline)) void write_pixel(const cn_bconv_arg
     if (a->mode == CN_OUT_FLOAT) {
         float *restrict out = a->out_float + p * cout;
         const float *restrict alpha = a->alpha, *restrict bias = a->bias;
-        if (a->relu)
+        const int32_t *restrict order = a->out_order;
+        if (order) /* a channel shuffle after the conv (alpha and bias in output order) */
+            for (int64_t j = 0; j < cout; j++) {
+                float v = alpha[j] * (float)dot[order[j]] + bias[j];
+                out[j] = a->relu && !(v > 0.0f) ? 0.0f : v;
+            }
+        else if (a->relu)
             for (int64_t j = 0; j < cout; j++) {
                 float v = alpha[j] * (float)dot[j] + bias[j];
                 out[j] = v > 0.0f ? v : 0.0f;
@@ -958,6 +965,11 @@ static int cn_bconv_ok(const cn_bconv_args *a, int isa) {
                !cn_fits(CN_PRODUCT(a->groups, taps, a->out_per_group, 4), a->correction_bytes)) {
         return 0;
     }
+    if (a->out_order) {
+        if (!cn_fits(4 * cout, a->out_order_bytes)) return 0;
+        for (int64_t j = 0; j < cout; j++)
+            if (a->out_order[j] < 0 || a->out_order[j] >= cout) return 0;
+    }
     if (a->mode == CN_OUT_FLOAT)
         return a->alpha && a->bias && a->out_float && cn_fits(4 * cout, a->alpha_bytes) &&
                cn_fits(4 * cout, a->bias_bytes) &&
@@ -968,11 +980,6 @@ static int cn_bconv_ok(const cn_bconv_args *a, int isa) {
         return 0;
     for (int64_t j = 0; j < cout; j++) /* +-1: sign * dot cannot overflow */
         if (a->threshold_sign[j] != 1 && a->threshold_sign[j] != -1) return 0;
-    if (a->out_order) {
-        if (!cn_fits(4 * cout, a->out_order_bytes)) return 0;
-        for (int64_t j = 0; j < cout; j++)
-            if (a->out_order[j] < 0 || a->out_order[j] >= cout) return 0;
-    }
     return 1;
 }
 
