@@ -496,7 +496,9 @@ static inline void store_bitset(const cn_signs_out *o, const uint64_t *neg_bits,
  * had made nin_gc_xnornet's 1x1 layers with 2 groups 5x slower than nin_xnornet's of the same size. */
 typedef struct {
     int64_t groups, per_group; /* g and m; groups 0: no such shuffle here (write_pixel then) */
-    int32_t *cut, *flip;       /* conv order: -1 where dot < cut, unless flip (sign -1: -dot < t <=> dot >= 1 - t) */
+    uint64_t spread;           /* bits 0, g, 2g, ...: where group 0's channels land in an output word */
+    int32_t *cut;              /* conv order: -1 where dot < cut, unless flipped (sign -1: -dot < t <=> dot >= 1 - t) */
+    uint16_t *flip;            /* per 16 channels of conv order: those whose sign is -1 */
     uint64_t *conv_bits, *bits; /* -1 bits in conv order, then shuffled: (channels + 63) / 64 + 3 words each */
 } cn_shuffle;
 
@@ -512,15 +514,16 @@ static int cn_shuffle_init(const cn_bconv_args *a, cn_shuffle *sh) {
         if (a->out_order[j] != (j % g) * m + j / g) return 0;
     const size_t words = (size_t)((cout + 63) / 64 + 3);
     sh->cut = malloc(sizeof(int32_t) * (size_t)cout);
-    sh->flip = malloc(sizeof(int32_t) * (size_t)cout);
+    sh->flip = calloc((size_t)((cout + 15) / 16), sizeof(uint16_t));
     sh->conv_bits = calloc(words, sizeof(uint64_t));
     sh->bits = calloc(words, sizeof(uint64_t));
     if (!sh->cut || !sh->flip || !sh->conv_bits || !sh->bits) return -1;
     for (int64_t j = 0; j < cout; j++) {
         const int64_t c = a->out_order[j], t = a->threshold[j], cut = a->threshold_sign[j] > 0 ? t : 1 - t;
         sh->cut[c] = (int32_t)(cut > INT32_MAX ? INT32_MAX : cut); /* |dot| <= K far inside int32 */
-        sh->flip[c] = a->threshold_sign[j] < 0;
+        sh->flip[c / 16] |= (uint16_t)((a->threshold_sign[j] < 0) << (c % 16));
     }
+    for (int64_t b = 0; b < 64; b += g) sh->spread |= UINT64_C(1) << b;
     sh->groups = g;
     sh->per_group = m;
     return 1;
@@ -554,17 +557,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl,bmi2"))) static void write_shuf
         const __mmask16 live = live16(c, cout);
         const __mmask16 below = _mm512_mask_cmplt_epi32_mask(live, _mm512_maskz_loadu_epi32(live, dot + c),
                                                              _mm512_maskz_loadu_epi32(live, sh->cut + c));
-        const __mmask16 flip = _mm512_mask_cmpneq_epi32_mask(live, _mm512_maskz_loadu_epi32(live, sh->flip + c),
-                                                             _mm512_setzero_si512());
-        const __mmask16 negative = below ^ flip;
+        const uint16_t negative = (uint16_t)(below ^ (sh->flip[c / 16] & live));
         memcpy(conv_bytes + c / 8, &negative, sizeof(negative));
     }
-    uint64_t spread = 0; /* bits 0, g, 2g, ...: where group 0's channels land in an output word */
-    for (int64_t b = 0; b < 64; b += g) spread |= UINT64_C(1) << b;
     for (int64_t w = 0; w < (cout + 63) / 64; w++) {
         uint64_t word = 0; /* output channels 64w.. = (b, a) for b from 64w / g, every group a */
         for (int64_t grp = 0; grp < g; grp++)
-            word |= _pdep_u64(bit_field(sh->conv_bits, grp * m + w * run, run), spread << grp);
+            word |= _pdep_u64(bit_field(sh->conv_bits, grp * m + w * run, run), sh->spread << grp);
         sh->bits[w] = word;
     }
     if (o->mode == CN_OUT_BITS) {
