@@ -7,7 +7,11 @@ it with ``compactnets eval`` (fp32, every test image) and records recipe, epochs
 ones, never an epoch picked by its test accuracy; the figures are measured, never copied from the training log
 (the log's training figures come from bf16 autocast).
 
-    python tools/ship_weights.py training/nin_cpu --tag cifar10jpeg_cpu60 [--ema]
+    python tools/ship_weights.py training/nin_cpu --tag cifar10jpeg_cpu60 [--ema] [--recipe nin_cifar10_cpu]
+
+``--recipe`` names the recipe a run followed when it was started with the options themselves (its args.json has
+no recipe): every value of the recipe must equal the run's, except where either leaves the choice to the run
+(a recipe's "auto", a run's unset option): those are printed.
 """
 
 import argparse
@@ -16,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from compactnets.engine.recipes import recipe_defaults
+from compactnets.engine.train import add_train_args
 from compactnets.models import Checkpoint
 from compactnets.models._registry import SHIPPED_MANIFEST
 
@@ -28,13 +34,25 @@ def main() -> None:
     parser.add_argument("--tag", required=True, help="pretrained tag, e.g. cifar10jpeg_3ep")
     parser.add_argument("--ema", action="store_true", help="ship the EMA weights (a run with --model-ema)")
     parser.add_argument("--data", default=DATA, help="the test set the figures are measured on")
+    parser.add_argument("--recipe", help="the recipe the run followed, where its args.json names none (checked)")
     args = parser.parse_args()
 
     ckpt = Checkpoint.read(args.run / "last.pth")
     state, run_args = ckpt.training, ckpt.training["args"]
     if state["epoch"] < run_args["epochs"] or state.get("step_in_epoch") or state.get("pending_eval"):
         raise SystemExit(f"{args.run} has not finished: epoch {state['epoch']} of {run_args['epochs']}")
-    recipe = run_args.get("recipe")
+    recipe = run_args.get("recipe") or args.recipe
+    if args.recipe:
+        if args.recipe != recipe:
+            raise SystemExit(f"{args.run} followed recipe {recipe}, not {args.recipe}")
+        values = recipe_defaults(add_train_args(argparse.ArgumentParser()), args.recipe)
+        open_choices = {k for k, v in values.items() if v == "auto" or run_args.get(k) is None}
+        differ = {k: (v, run_args[k]) for k, v in values.items() if k not in open_choices and run_args[k] != v}
+        print(f"{args.recipe}: resolved by the run, not compared: " + ", ".join(
+            f"{k} = {run_args.get(k)} (recipe: {values[k]})" for k in sorted(open_choices)))  # fmt: skip
+        if differ:
+            raise SystemExit(f"{args.run} did not follow {args.recipe}: " + ", ".join(
+                f"{k} = {run} (recipe: {want})" for k, (want, run) in sorted(differ.items())))  # fmt: skip
     provenance = {
         "tag": args.tag,
         "recipe": str(recipe),
