@@ -73,6 +73,34 @@ def quantized_conv(node: dict, weights: bk.KernelWeights, size: tuple):
     return lambda: conv(qx)
 
 
+def op_table(runner, batch: int, threads: int, rounds: int = 20) -> list[str]:
+    """Where a call's time goes: each op of the plan timed alone (min wall ms over rounds, on real images), their
+    sum, and the whole call (the rest: Python between the ops)."""
+    x = cifar10_batch(batch, runner.pretrained_cfg)
+    plan = runner.plan(tuple(x.shape), threads)
+    chunked = isinstance(plan, packed_plan.ChunkedPlan)
+    ops_plan = plan.plan if chunked else plan
+    first = x[: ops_plan.shape[0]].contiguous(memory_format=torch.channels_last)
+    times = [float("inf")] * len(ops_plan.ops)
+    whole = float("inf")
+    with torch.no_grad():
+        for _ in range(rounds):
+            value = first
+            for k, op in enumerate(ops_plan.ops):
+                start = time.perf_counter()
+                value = op.fn(value)
+                times[k] = min(times[k], time.perf_counter() - start)
+            start = time.perf_counter()
+            runner(x)
+            whole = min(whole, time.perf_counter() - start)
+    scope = f"per chunk of {ops_plan.shape[0]} images" if chunked else "per call"
+    lines = [f"| op ({scope}) | ms |", "|---|---|"]
+    lines += [f"| {op.name} | {1e3 * t:.3f} |" for op, t in zip(ops_plan.ops, times, strict=True)]
+    lines.append(f"| sum of the ops | {1e3 * sum(times):.3f} |")
+    lines.append(f"| whole call, batch {batch} | {1e3 * whole:.3f} |")
+    return lines
+
+
 def layer_table(runner, batch: int, threads: int) -> list[str]:
     plan = runner.plan((batch, 3, 32, 32), threads)
     paths = bk.supported_paths()
@@ -208,6 +236,8 @@ def main(argv=None):
                     print(f"\n{name}, batch {batch}, {threads} thread(s), per layer: min wall ms "
                           f"(plans built in {planned:.2f} s)")  # fmt: skip
                     print("\n".join(layer_table(runners["fast"], batch, threads)))
+                    print(f"\n{name}, batch {batch}, {threads} thread(s), packed fast, where the time goes")
+                    print("\n".join(op_table(runners["fast"], batch, threads)))
                 rounds = max(5, args.rounds // (1 + batch // 8))
                 print()
                 print("\n".join(network_table(name, runners, onnx, batch, threads, rounds)))

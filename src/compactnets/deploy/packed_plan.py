@@ -91,6 +91,7 @@ class _Op:
     fresh: bool  # returns a new tensor each call (not a buffer the next call overwrites)
     collect: Callable | None = None  # the +-1 input of a binary conv, NCHW floats (run_with_signs)
     any_strides: bool = False  # reads float32 input at any strides (the others take channels-last)
+    name: str = ""  # the nodes it runs, e.g. "avg_pool2d + channel_shuffle + pack_signs"
 
 
 @dataclass
@@ -271,7 +272,9 @@ def build_plan(runner, shape: tuple, threads: int, path: str | None, precision: 
     with torch.no_grad():
         while i < len(nodes):
             ops, used = _build_ops(plan, runner, i, inputs, (paths, conv_threads), signs_out)
-            for op in ops:
+            covered = [node["op"] for node in nodes[i : i + used]]
+            for k, op in enumerate(ops):
+                op.name = covered[k] if len(ops) == used else " + ".join(covered)
                 value = op.fn(value)
                 plan.ops.append(op)
             i += used
