@@ -15,7 +15,6 @@ a recipe that ``shortens`` one), training time, device, precision, the data, and
 from __future__ import annotations
 
 import argparse
-import csv
 import difflib
 import json
 import shlex
@@ -28,6 +27,7 @@ from ..data.datasets import EMBEDDED_FILE, detect_kind
 from ..errors import ReproduceError
 from ..models import Checkpoint, TableRow, get_model_cfg, published_tables
 from .recipes import RecipeError, list_recipes, read_recipe
+from .run_folder import read_log
 
 RESULTS = "results"
 # libjpeg's luminance quantisation table (ITU T.81 Annex K), scaled by the quality setting.
@@ -120,11 +120,6 @@ def describe_data(data: str | None) -> str:
     return f"{name}{encoding} ({data}: {counts[0]:,} train / {counts[1]:,} test)"
 
 
-def _read_log(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _number(value: str) -> float | None:
     return float(value) if value not in ("", None) else None
 
@@ -146,7 +141,7 @@ def row_result(row: TableRow, out: Path) -> dict:
     if not (out / "log.csv").is_file():
         return {**result, "status": "not run"}
     options = json.loads((out / "args.json").read_text())
-    log = _read_log(out / "log.csv")
+    log = read_log(out / "log.csv")
     evaluated = [r for r in log if _number(r["eval_top1"]) is not None]
     best = max(evaluated, key=lambda r: float(r["eval_top1"]), default=None)
     epochs_run = int(log[-1]["epoch"]) if log else 0
@@ -212,7 +207,7 @@ def plot_curves(out: Path, published: float | None) -> Path | None:
         import matplotlib.ticker
     except ImportError:
         return None
-    log = _read_log(out / "log.csv")
+    log = read_log(out / "log.csv")
     epochs = [int(r["epoch"]) for r in log]
     fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((loss_ax, "loss", "loss"), (top1_ax, "top1", "top-1 (%)")):

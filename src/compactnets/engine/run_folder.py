@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import socket
@@ -11,6 +12,14 @@ from pathlib import Path
 
 from ..checkpoint import orphan_temporaries
 from ..errors import OptionError
+
+
+def read_log(path: Path, upto_epoch: int | None = None) -> list[dict]:
+    """The rows of a run's log.csv (strings, as written), up to ``upto_epoch``; none when there is no log yet."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if upto_epoch is None or int(row["epoch"]) <= upto_epoch]
 
 
 def resume_checkpoint_path(resume: str) -> Path:

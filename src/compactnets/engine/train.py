@@ -51,7 +51,7 @@ from .loaders import FAST_DATA_CHOICES, build_training_data
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
 from .precision import AMP_CHOICES, resolve_amp
 from .progress import Progress
-from .run_folder import RunFolder, resume_checkpoint_path
+from .run_folder import RunFolder, read_log, resume_checkpoint_path
 
 DEFAULT_MODEL = "nin"
 LOG_FIELDS = (
@@ -320,13 +320,6 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _read_log(path: Path, upto_epoch: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["epoch"]) <= upto_epoch]
-
-
 def _fmt(v, spec=".3f"):
     return "-" if v is None else format(v, spec)
 
@@ -465,7 +458,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         where = f"step {start_step}/{iters_per_epoch} of epoch {start_epoch + 1}" if start_step else None
         log(f"resuming {path} {f'at {where}' if where else f'after epoch {start_epoch}'}/{args.epochs} "
             f"(best top-1 {_fmt(best, '.2f')})")  # fmt: skip
-    rows = _read_log(out / "log.csv", start_epoch)
+    rows = read_log(out / "log.csv", start_epoch)
     options = plain({k: v for k, v in vars(args).items() if not callable(v)})  # the CLI adds its handler
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
