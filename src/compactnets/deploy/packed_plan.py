@@ -292,7 +292,7 @@ def _build_ops(plan: Plan, runner, i: int, inputs: list, paths: tuple, signs_out
     if op == "binary_conv2d":
         return [_binary_conv_op(plan, runner, i, *paths, signs_out, _pooled_shuffle(nodes, tensors, i))], 1
     if op == "avg_pool2d" and i > 0 and _pooled_shuffle(nodes, tensors, i - 1):  # the conv wrote it shuffled
-        return [_avg_pool_pack_op(runner, i, inputs, signs_out, threads, pack=i + 2)], 3
+        return [_avg_pool_pack_op(runner, i, inputs, signs_out, threads, pack_at=i + 2)], 3
     if op == "channel_shuffle":
         head = _head(nodes, tensors, i + 1, threads, shuffle=node["groups"])
         if head:
@@ -400,9 +400,9 @@ def _pack_op(step, x: torch.Tensor, out: _Signs, threads: int) -> _Op:
     return _Op(_Bound(lambda value: call(value.permute(0, 2, 3, 1)), call.out), fresh=False)
 
 
-def _avg_pool_pack_op(runner, i, inputs, signs_out, threads, pack: int | None = None) -> _Op:
-    """avg_pool2d at node ``i`` and the pack_signs at node ``pack`` (default: the next) in one pass."""
-    pack_at = i + 1 if pack is None else pack
+def _avg_pool_pack_op(runner, i, inputs, signs_out, threads, pack_at: int | None = None) -> _Op:
+    """avg_pool2d at node ``i`` and the pack_signs at node ``pack_at`` (default: the next) in one pass."""
+    pack_at = i + 1 if pack_at is None else pack_at
     node, pack = runner.nodes[i], runner._steps[pack_at][1]
     out = signs_out.get(pack_at, _Signs(groups=pack.groups))
     x = inputs[i].permute(0, 2, 3, 1)

@@ -490,7 +490,7 @@ static inline void store_bitset(const cn_signs_out *o, const uint64_t *neg_bits,
 #endif
 
 /* A channel shuffle as an output order: out_order[j] = (j % g) * m + j / g (the exporter's form of a shuffle of g
- * groups of m channels; g a power of two up to 64). Its signs are decided in the conv's own channel order, 16 per
+ * groups of m channels, g dividing 64). Its signs are decided in the conv's own channel order, 16 per
  * compare against thresholds permuted to that order once per call, and moved to their shuffled places with PDEP,
  * 64 / g bits of each group per output word. Gathering each channel's dot product through the order (write_pixel)
  * had made nin_gc_xnornet's 1x1 layers with 2 groups 5x slower than nin_xnornet's of the same size. */
@@ -606,7 +606,8 @@ static inline __attribute__((always_inline)) void pixel_loop(cn_call *call, int 
     uint8_t *negative = calloc((size_t)(cout + 64), 1); /* + 64: whole words read past the last channel */
     unsigned char *padded = malloc((size_t)ntaps);
     cn_shuffle sh = {0};
-    if (!taps || !gtaps || !zeros || !acc || !dot || !negative || !padded || (shuffled && cn_shuffle_init(a, &sh) < 0)) {
+    const int shuffle = shuffled ? cn_shuffle_init(a, &sh) : 0;
+    if (!taps || !gtaps || !zeros || !acc || !dot || !negative || !padded || shuffle < 0) {
         atomic_store(&call->status, -1);
         goto done;
     }
@@ -647,7 +648,7 @@ static inline __attribute__((always_inline)) void pixel_loop(cn_call *call, int 
                     for (int64_t o = 0; o < a->out_per_group; o++) d[o] -= corr[o];
                 }
         }
-        if (sh.groups)
+        if (shuffle)
             shuffled(a, &o, &sh, dot, p, n, oh, ow);
         else
             write_pixel(a, &o, dot, p, n, oh, ow, negative, to_bits);
