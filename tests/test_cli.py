@@ -185,6 +185,19 @@ def test_recipe_values_are_overridden_by_the_command_line(tmp_path, run_cli):
     assert "func" not in args  # options only, not the CLI's handler
 
 
+def test_a_recipes_levers_can_be_turned_off_on_the_command_line(run_cli):
+    """For an ablation: the recipe with one lever off (EMA, distillation) and everything else as it is."""
+    status, out, _ = run_cli("train", "--recipe", "nin_xnornet_cifar10_cpu", "--print-config")
+    recipe = json.loads(out)
+    assert status == 0 and recipe["model_ema"] and recipe["model_ema_warmup"] and recipe["teacher"]
+    status, out, _ = run_cli("train", "--recipe", "nin_xnornet_cifar10_cpu", "--no-model-ema", "--teacher", "none",
+                             "--print-config")  # fmt: skip
+    ablated = json.loads(out)
+    assert status == 0 and not ablated["model_ema"] and ablated["teacher"] is None
+    differ = {k for k in recipe if recipe[k] != ablated[k] and k != "output"}  # output: named by the second
+    assert differ == {"model_ema", "teacher"}
+
+
 def test_eval_reproduces_the_training_log(run_cli, tmp_path):
     """`eval --channels-last` sees the evaluation exactly as the training loop did (same subset, same format)."""
     status, _, _ = run_cli("train", "--model", "nin_xnornet", "--epochs", "1", "--train-limit", "200",

@@ -60,6 +60,10 @@ LOG_FIELDS = (
 )  # fmt: skip
 
 
+def _teacher_spec(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
 def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``compactnets train``; the defaults are the demo run on the embedded subset."""
     add = parser.add_argument
@@ -95,7 +99,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--lr-base-batch", type=int, help="--lr and --min-lr are for this global batch: scaled linearly to the real one"
     )
     g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--nesterov", action="store_true")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=False)
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--wd-filter", choices=WD_FILTERS, default="all", help="kernels: no decay on BN and biases")
     g.add_argument("--sched", choices=SCHEDULES, default="cosine")
@@ -115,12 +119,16 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC memory format")
     g = parser.add_argument_group("averaging, distillation, batch-norm statistics")
-    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm's ModelEmaV3); "
-                   "evaluations and the best checkpoint measure it, checkpoints hold it as state_dict_ema")  # fmt: skip
+    g.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep an EMA of the weights (timm's ModelEmaV3); evaluations and the best checkpoint "
+                   "measure it, checkpoints hold it as state_dict_ema (--no-model-ema: off, where a recipe has "
+                   "it on)")  # fmt: skip
     g.add_argument("--model-ema-decay", type=float, default=0.999)
-    g.add_argument("--model-ema-warmup", action="store_true", help="decay rising from 0 (timm's EMA warm-up)")
-    g.add_argument("--teacher", help="distil from this model: a name with shipped weights (NAME or NAME.TAG) or a "
-                   "checkpoint / run folder")  # fmt: skip
+    g.add_argument("--model-ema-warmup", action=argparse.BooleanOptionalAction, default=False,
+                   help="decay rising from 0 (timm's EMA warm-up)")  # fmt: skip
+    g.add_argument("--teacher", type=_teacher_spec, help="distil from this model: a name with shipped weights "
+                   "(NAME or NAME.TAG) or a checkpoint / run folder (none: no teacher, where a recipe names "
+                   "one)")  # fmt: skip
     g.add_argument("--distill-weight", type=float, default=0.5, help="weight of the distillation term (1: no labels)")
     g.add_argument("--distill-temperature", type=float, default=1.0, help="softmax temperature of both models")
     g.add_argument(
