@@ -289,7 +289,11 @@ def test_list_and_profile_json_numbers(run_cli):
     status, out, _ = run_cli("list", "nin*")
     assert "macs_convention" in out.splitlines()[0]
     status, out, _ = run_cli("list", "--recipes", "nin_x*", "--json")
-    assert [r["recipe"] for r in json.loads(out)] == ["nin_xnornet_cifar10", "nin_xnornet_cifar10_short"]
+    assert [r["recipe"] for r in json.loads(out)] == [
+        "nin_xnornet_cifar10",
+        "nin_xnornet_cifar10_cpu",
+        "nin_xnornet_cifar10_short",
+    ]
     status, out, _ = run_cli("profile", "nin_xnornet", "--json")
     row = json.loads(out)[0]
     assert row["published_params"] == 674_910 and row["published_params_text"] == "674.91 k"
