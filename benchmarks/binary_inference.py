@@ -8,7 +8,8 @@ conv and torch's int8 quantized conv (oneDNN) of the same +-1 data, and the path
 
 Whole networks: every execution of a configuration (batch, threads) interleaved round by round (batch 1: 8 calls
 back to back per round), median per call: process CPU time with 1 thread (the latency of an idle core; steadier
-on a shared machine), wall time with more threads (CPU time would add the threads up). The goal ratios are
+on a shared machine), wall time with more threads (CPU time would add the threads up), each execution then
+after a 5 ms pause in which the thread pools of the one before stop spinning. The goal ratios are
 printed under each table: packed / OpenVINO's fastest on the same network (goal <= 0.5) and packed / OpenVINO's
 fastest on the full-precision twin (goal <= 1.0). Layers: min wall time over interleaved rounds (as the runner's
 plan times them). Inputs: real CIFAR-10 test images (the package's subset); weights random, with BN statistics made
@@ -163,6 +164,12 @@ def onnxruntime_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+# With several threads, an untimed pause before each execution: the thread pool of the one before (torch's OpenMP
+# after the exact runner, onnxruntime's, OpenVINO's) would otherwise still spin on the cores it needs (a packed
+# runner timed after the exact one took 0.48-0.53 ms at batch 1 on 2 threads, 0.35 ms after another packed one).
+SETTLE_S = 0.005
+
+
 def network_table(name, runners, onnx: dict, batch: int, threads: int, rounds: int) -> list[str]:
     x = cifar10_batch(batch, next(iter(runners.values())).pretrained_cfg)
     xn = x.numpy()
@@ -178,7 +185,8 @@ def network_table(name, runners, onnx: dict, batch: int, threads: int, rounds: i
             )
     repeat = max(1, 8 // batch)
     with torch.no_grad():
-        times = time_interleaved({k: _repeated(f, repeat) for k, f in fns.items()}, warmup=3, runs=rounds)
+        times = time_interleaved({k: _repeated(f, repeat) for k, f in fns.items()}, warmup=3, runs=rounds,
+                                 settle_s=SETTLE_S if threads > 1 else 0.0)  # fmt: skip
     kind = 1 if threads == 1 else 0  # CPU time with one thread, wall time with more
     ms = {k: 1e3 * statistics.median(t[kind]) / repeat for k, t in times.items()}
     label = "CPU" if threads == 1 else "wall"

@@ -35,19 +35,23 @@ from .bench_models import create_bench_model
 
 
 def time_interleaved(
-    functions: dict[str, Callable[[], object]], warmup: int, runs: int
+    functions: dict[str, Callable[[], object]], warmup: int, runs: int, settle_s: float = 0.0
 ) -> dict[str, tuple[list[float], list[float]]]:
     """Per function, the wall-clock and the process CPU seconds of each call, one call of each per round, so
     that load from other processes hits all of them alike.
 
     CPU time leaves out the time the process waits while other processes hold the cores, so on a busy machine
-    it is the steadier figure (with one thread it is the latency an idle core would give)."""
+    it is the steadier figure (with one thread it is the latency an idle core would give). ``settle_s``: an
+    untimed pause before each call, in which the thread pools of the call before (torch's OpenMP, onnxruntime's,
+    OpenVINO's) stop spinning; with several threads on few cores a pool still spinning slows whatever runs next."""
     for _ in range(warmup):
         for fn in functions.values():
             fn()
     times = {name: ([], []) for name in functions}
     for _ in range(runs):
         for name, fn in functions.items():
+            if settle_s:
+                time.sleep(settle_s)
             wall, cpu = time.perf_counter(), time.process_time()
             fn()
             times[name][1].append(time.process_time() - cpu)
