@@ -177,7 +177,9 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     if not cfgs:
         raise RuntimeError(f"{fn.__module__} has no default_cfgs[{name!r}] (or {name!r}.<tag>)")
     base = cfgs.get("", next(iter(cfgs.values())))
-    for key, shipped in shipped_weights().items():
+    # the best-measured shipped weights first: with no tag marked, they are the default (``create_model(name,
+    # pretrained=True)``, torch.hub, timm)
+    for key, shipped in sorted(shipped_weights().items(), key=lambda item: -item[1]["top1"]):
         arch, tag = split_model_name_tag(key)
         if arch == name:
             cfgs[tag] = _shipped_cfg(base, key, **shipped)
