@@ -18,11 +18,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-# The demo: a short training run, then the shipped trained nin_xnornet evaluated, packed to 1-bit weights,
-# evaluated again through the binary kernel, asked for predictions and profiled.
+# The demo: a short training run, the best shipped weights of nin evaluated, then the shipped nin_xnornet
+# evaluated, packed to 1-bit weights, evaluated again through the binary kernel, asked for predictions and profiled.
 DEMO := runs/demo
 demo: install
 	$(BIN)/compactnets train
+	$(BIN)/compactnets eval --model nin --pretrained --no-progress
 	$(BIN)/compactnets eval --model nin_xnornet --pretrained --no-progress
 	$(BIN)/compactnets export nin_xnornet --pretrained --format packed --out $(DEMO)/nin_xnornet.packed.safetensors
 	$(BIN)/compactnets eval --packed $(DEMO)/nin_xnornet.packed.safetensors --no-progress

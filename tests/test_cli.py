@@ -162,6 +162,8 @@ def test_malformed_recipes(run_cli, tmp_path, text, message):
 def test_shipped_recipes_are_valid(name):
     values = recipe_defaults(add_train_args(__import__("argparse").ArgumentParser()), name)
     assert compactnets.models.is_model(values["model"])
+    if values.get("teacher"):  # a teacher named by a recipe is shipped weights
+        assert compactnets.get_model_cfg(values["teacher"])["file"]
 
 
 def test_xnor_recipe_is_the_seed_run():

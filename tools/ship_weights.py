@@ -7,7 +7,7 @@ it with ``compactnets eval`` (fp32, every test image) and records recipe, epochs
 ones, never an epoch picked by its test accuracy; the figures are measured, never copied from the training log
 (the log's training figures come from bf16 autocast).
 
-    python tools/ship_weights.py training/nin_cpu --tag cifar10jpeg_cpu60 [--ema] [--recipe nin_cifar10_cpu]
+    python tools/ship_weights.py training/nin_cifar10_cpu --tag cifar10jpeg_cpu60 [--ema] [--recipe nin_cifar10_cpu]
 
 ``--recipe`` names the recipe a run followed when it was started with the options themselves (its args.json has
 no recipe): every value of the recipe must equal the run's, except where either leaves the choice to the run
