@@ -62,7 +62,7 @@ class PackedModel(nn.Module):
         if x.device.type != "cpu" or x.dim() != 4:
             raise ValueError(f"the packed runner takes a CPU batch (N, C, H, W), not {x.device} {tuple(x.shape)}")
         # no copy into channels-last where the first op reads any strides: a torch op here left torch's OpenMP
-        # threads spinning on the cores the kernel's threads then needed (at batch 64 on 2 threads: 17.6 vs 13.1 ms)
+        # threads spinning on the cores the kernel's threads then needed (at batch 64 on 2 threads: 17.6 vs 14.2 ms)
         return self.plan(tuple(x.shape)).run(x, collect)
 
     def plan(self, shape: tuple, threads: int | None = None) -> Plan | ChunkedPlan:
