@@ -31,6 +31,40 @@ def test_activation_sign_and_straight_through_gradient():
     assert x.grad.tolist() == [0, 0, 3, 4, 5, 0, 0]
 
 
+@pytest.mark.parametrize("clip", [True, False])
+def test_straight_through_function_equals_the_scriptable_formulation(clip):
+    """Training uses an autograd Function (one pass each way), TorchScript the detach formulation: same values and
+    bit-identical gradients, the boundaries |x| = 1 and x = 0 included, in float32 as in training."""
+    from compactnets.layers.binary import _sign_straight_through, binary_sign
+
+    torch.manual_seed(2)
+    base = torch.cat([torch.randn(4000, dtype=torch.float32) * 1.5, torch.tensor([-1.0, 1.0, 0.0, -0.0])])
+    g = torch.randn_like(base)
+    grads, values = [], []
+    for fn in (binary_sign, _sign_straight_through):
+        x = base.clone().requires_grad_()
+        y = fn(x, clip)
+        (y * g).sum().backward()
+        values.append(y.detach())
+        grads.append(x.grad)
+    assert torch.equal(values[0], values[1]) and torch.equal(values[0], torch.sign(base))
+    assert torch.equal(grads[0], grads[1])
+    assert torch.equal(grads[0], g * (base.abs() < 1) if clip else g)
+
+
+def test_scripted_model_trains_with_the_same_gradients():
+    torch.manual_seed(3)
+    block = BinaryConvBlock(4, 6, 3).float()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float32)
+    grads = []
+    for module in (block, torch.jit.script(block)):
+        block.zero_grad()
+        module(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in block.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
 def _reference_weight(w):
     centred = w - w.mean(dim=1, keepdim=True)
     wc = centred.clamp(-1, 1)
