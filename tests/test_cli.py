@@ -11,7 +11,7 @@ from conftest import SHARED_DATA, needs_shared_data
 
 import compactnets
 from compactnets.checkpoint import save_atomic
-from compactnets.engine.recipes import list_recipes, recipe_defaults
+from compactnets.engine.recipes import list_recipes, read_recipe, recipe_defaults
 from compactnets.engine.train import add_train_args
 
 COMMANDS = ("train", "eval", "predict", "profile", "list", "convert")
@@ -162,8 +162,13 @@ def test_malformed_recipes(run_cli, tmp_path, text, message):
 def test_shipped_recipes_are_valid(name):
     values = recipe_defaults(add_train_args(__import__("argparse").ArgumentParser()), name)
     assert compactnets.models.is_model(values["model"])
-    if values.get("teacher"):  # a teacher named by a recipe is shipped weights
-        assert compactnets.get_model_cfg(values["teacher"])["file"]
+    teacher = values.get("teacher")
+    if teacher in compactnets.list_models(pretrained=True):  # a teacher named by a recipe is shipped weights...
+        assert compactnets.get_model_cfg(teacher)["file"]
+    elif teacher:  # ...or those of a CPU table's row that trains before this recipe's row (and ships them)
+        rows = next(t for t in compactnets.models.published_tables().values() if name in [r.recipe for r in t])
+        earlier = rows[: [r.recipe for r in rows].index(name)]
+        assert teacher.partition(".")[0] in [read_recipe(r.recipe)["train"]["model"] for r in earlier]
 
 
 def test_xnor_recipe_is_the_seed_run():

@@ -8,6 +8,7 @@ import pytest
 from conftest import SHARED_DATA, needs_shared_data
 from PIL import Image
 
+from compactnets.engine.recipes import read_recipe
 from compactnets.engine.reproduce import describe_data, jpeg_quality, resolve_rows
 from compactnets.models import published_tables
 
@@ -36,6 +37,23 @@ def test_tables_name_the_published_rows():
     assert len(rows) == 7 and {r.recipe for r in rows[:6]} == {"shared_bases_cifar10"}
     assert rows[0].model == "resnet32_s8u1_cifar10" and rows[-1].name == "nin_xnornet_cifar10_short"
     assert len(published_tables()["shared-bases-cifar10"]) == 6
+
+
+def test_cpu_tables_name_one_cpu_recipe_per_row():
+    rows = resolve_rows(["xnor-net-cifar10-cpu", "shared-bases-cifar10-cpu"])
+    assert [r.name for r in rows[:4]] == [
+        "nin_cifar10_cpu",
+        "nin_gc_cifar10_cpu",
+        "nin_xnornet_cifar10_cpu",
+        "nin_gc_xnornet_cifar10_cpu",
+    ]
+    assert all(r.name == r.recipe for r in rows[:4])
+    assert {r.recipe for r in rows[4:]} == {"shared_bases_cifar10_cpu"} and len(rows) == 10
+    assert [r.name for r in rows[4:]] == [f"{r.model}_cpu" for r in resolve_rows(["shared-bases-cifar10"])]
+    for row in rows:  # each shortens the paper recipe of its row, and trains the row's model
+        recipe = read_recipe(row.recipe)
+        assert recipe["shortens"] == row.recipe.removesuffix("_cpu")
+        assert (row.model or recipe["train"]["model"]) in row.name
 
 
 def test_unknown_name_is_one_line(run_cli, tmp_path):

@@ -2,8 +2,9 @@
 
 A NAME is a recipe (one row, the recipe's model; a name or a .toml file) or a published table that a family
 registers with its rows (``register_table``; today ``xnor-net-cifar10``, the four NIN rows of xnor-net.md, and
-``shared-bases-cifar10``, the six ResNet32/56 rows of shared-bases.md). Each row trains with ``compactnets
-train`` in its own process into ``OUTPUT/<row>/``, resuming a run that is already there; then
+``shared-bases-cifar10``, the six ResNet32/56 rows of shared-bases.md, each also as ``...-cpu`` in the recipes of
+a 2-core CPU). Each row trains with ``compactnets train`` in its own process into ``OUTPUT/<row>/``, resuming a
+run that is already there; then
 ``OUTPUT/results.md`` and ``results.json`` list, per row: the published top-1, the measured best-epoch top-1 (the
 figure the seed repos report) and last-epoch top-1, epochs run against the recipe's (and the paper recipe's, for
 a recipe that ``shortens`` one), training time, device, precision, the data, and the command;

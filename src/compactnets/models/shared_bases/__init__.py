@@ -59,6 +59,10 @@ register_table(
     "shared-bases-cifar10",
     [TableRow(m, "shared_bases_cifar10", m) for m in resnet.CIFAR10_TABLE],
 )
+register_table(  # the same rows in the schedule of a 2-core CPU (issue 16)
+    "shared-bases-cifar10-cpu",
+    [TableRow(f"{m}_cpu", "shared_bases_cifar10_cpu", m) for m in resnet.CIFAR10_TABLE],
+)
 
 __all__ = [
     "FAMILY",
