@@ -99,6 +99,8 @@ def test_rows_train_resume_and_tabulate(run_cli, tmp_path):
     assert row["command"] == f"compactnets train --recipe {recipe} --output {out / 'tiny'} --epochs 2"
     assert row["device"].startswith("cpu (") and row["data_path"] == "fast path"
     assert row["train_time_s"] == pytest.approx(sum(float(r["epoch_time_s"]) for r in log), abs=0.05)
+    assert row["cpu_time_s"] == pytest.approx(sum(float(r["epoch_cpu_s"]) for r in log), abs=0.05)
+    assert row["cpu_time_s"] > 0 and row["cpu_time_epochs"] == 2
     table = (out / "results.md").read_text()
     assert (
         f"| tiny | nin | 92.37 | {max(top1):.2f} ({row['best_epoch']}) | {top1[-1]:.2f} | 2 / 1 (nin_cifar10: 200)"

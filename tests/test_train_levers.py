@@ -22,7 +22,7 @@ from compactnets.engine.batchnorm import reestimate_bn
 from compactnets.engine.distill import distillation_loss
 from compactnets.engine.evaluate import evaluate
 from compactnets.engine.optim import lr_factor_fn
-from compactnets.engine.train import add_train_args
+from compactnets.engine.train import EpochClock, add_train_args
 from compactnets.models import Checkpoint
 
 TINY = ["--model-kwargs", "channels=[16,16,16,16,16,16,16,16]"]
@@ -207,10 +207,23 @@ def test_sigterm_inside_an_epoch_saves_and_the_resumed_run_equals_the_straight_o
     status, stdout, _ = run_cli("train", "--resume", stopped)
     assert status == 0 and "at step 3/6 of epoch 2" in stdout
     a, b = _read_log(straight), _read_log(stopped)
+    assert 0 < ckpt["elapsed_cpu_s"] <= float(b[1]["epoch_cpu_s"])  # the epoch's CPU time spans the stop
     keys = ("epoch", "lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "best_top1")
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
     weights = [load_file(run / "last.pth")["state_dict"] for run in (straight, stopped)]
     assert _same_weights(*weights)
+
+
+def test_the_epoch_clock_counts_cpu_time_not_waiting():
+    clock = EpochClock()
+    busy = time.process_time()
+    while time.process_time() - busy < 0.1:
+        pass
+    time.sleep(1.0)  # a paused or waiting run: wall time only (idle OpenMP threads may spin a little)
+    assert clock.wall() >= 1.1 and 0.1 <= clock.cpu() < 0.6
+    resumed = EpochClock(100.0, 40.0)  # resumed inside an epoch: the saved times carry on
+    assert resumed.wall() >= 100 and 40 <= resumed.cpu() < 41
+    assert EpochClock(100.0, None).cpu() is None  # a checkpoint from before CPU time was kept
 
 
 def test_periodic_checkpoints_inside_an_epoch(run_cli, tmp_path, monkeypatch):

@@ -146,6 +146,8 @@ def row_result(row: TableRow, out: Path) -> dict:
     evaluated = [r for r in log if _number(r["eval_top1"]) is not None]
     best = max(evaluated, key=lambda r: float(r["eval_top1"]), default=None)
     epochs_run = int(log[-1]["epoch"]) if log else 0
+    # Process CPU time (all threads), of the epochs that recorded it (logs written before it was kept have none).
+    cpu = [float(r["epoch_cpu_s"]) for r in log if r.get("epoch_cpu_s")]
     command = ["compactnets", "train", "--recipe", row.recipe, "--output", str(out)]
     command += ["--model", model] if model != recipe["train"]["model"] else []
     command += ["--data", options["data"]] if options.get("data") else []
@@ -159,6 +161,8 @@ def row_result(row: TableRow, out: Path) -> dict:
         "epochs_run": epochs_run,
         "epochs_planned": options["epochs"],
         "train_time_s": round(sum(float(r["epoch_time_s"]) for r in log), 1),
+        "cpu_time_s": round(sum(cpu), 1) if cpu else None,
+        "cpu_time_epochs": len(cpu),
         "device": options.get("device_resolved") or "not recorded",
         "precision": options.get("amp_resolved") or options.get("amp"),
         "data_path": "fast path" if options.get("fast_data_resolved") == "on" else "DataLoader",
@@ -171,10 +175,19 @@ def _fmt(value, spec=".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _train_time(r: dict) -> str:
+    """Wall time, then CPU time where the log has it (with the epochs it covers when not all of them)."""
+    text = f"{r['train_time_s'] / 60:.1f} min"
+    if r["cpu_time_s"] is not None:
+        covered = "" if r["cpu_time_epochs"] == r["epochs_run"] else f" in {r['cpu_time_epochs']} of the epochs"
+        text += f" ({r['cpu_time_s'] / 3600:.2f} CPU h{covered})"
+    return text
+
+
 def markdown_table(results: list[dict]) -> str:
     header = (
         "row", "model", "published top-1", "best top-1 (epoch)", "last top-1", "epochs run / recipe (paper)",
-        "train time", "device", "precision, data path", "data", "command",
+        "train time (CPU time)", "device", "precision, data path", "data", "command",
     )  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
@@ -187,7 +200,7 @@ def markdown_table(results: list[dict]) -> str:
             precision = {"none": "fp32"}.get(r["precision"], r["precision"])
             cells += [
                 f"{_fmt(r['best_top1'])} ({_fmt(r['best_epoch'], 'd')})", _fmt(r["last_top1"]), epochs,
-                f"{r['train_time_s'] / 60:.1f} min", r["device"], f"{precision}, {r['data_path']}", r["data"],
+                _train_time(r), r["device"], f"{precision}, {r['data_path']}", r["data"],
                 f"`{r['command']}`",
             ]  # fmt: skip
         lines.append("| " + " | ".join(cells + [""] * (len(header) - len(cells))) + " |")

@@ -56,8 +56,24 @@ from .run_folder import RunFolder, read_log, resume_checkpoint_path
 DEFAULT_MODEL = "nin"
 LOG_FIELDS = (
     "epoch", "lr", "train_loss", "train_top1", "aux_loss",
-    "eval_loss", "eval_top1", "eval_top5", "best_top1", "epoch_time_s",
+    "eval_loss", "eval_top1", "eval_top5", "best_top1", "epoch_time_s", "epoch_cpu_s",
 )  # fmt: skip
+
+
+class EpochClock:
+    """An epoch's wall time and this process's CPU time (all its threads: a run paused with SIGSTOP, or waiting
+    on other jobs, adds wall time but not CPU time), carried across a resume inside the epoch. A checkpoint
+    written before CPU time was recorded resumes with it unknown (None)."""
+
+    def __init__(self, wall_s: float = 0.0, cpu_s: float | None = 0.0):
+        self._wall0 = time.perf_counter() - wall_s
+        self._cpu0 = None if cpu_s is None else time.process_time() - cpu_s
+
+    def wall(self) -> float:
+        return time.perf_counter() - self._wall0
+
+    def cpu(self) -> float | None:
+        return None if self._cpu0 is None else time.process_time() - self._cpu0
 
 
 def _teacher_spec(value: str) -> str | None:
@@ -511,22 +527,21 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             **position,
         }
 
-    def save_inside(epoch, phase, optimizer, scheduler, lr, start, steps_done: int, stats: list) -> str:
+    def save_inside(epoch, phase, optimizer, scheduler, lr, clock, steps_done: int, stats: list) -> str:
         """A mid-epoch checkpoint: the sums of the epoch's steps so far travel with it."""
         if dist_info.is_main:
-            position = {"step_in_epoch": steps_done, "epoch_stats": stats, "elapsed_s": time.perf_counter() - start,
-                        "metrics": {"lr": lr}}  # fmt: skip
+            position = {"step_in_epoch": steps_done, "epoch_stats": stats, "elapsed_s": clock.wall(),
+                        "elapsed_cpu_s": clock.cpu(), "metrics": {"lr": lr}}  # fmt: skip
             checkpoint(training_state(epoch, phase, optimizer, scheduler, **position)).save(out / "last.pth")
         return f"saved at step {steps_done}/{iters_per_epoch} of epoch {epoch + 1}"
 
-    def finish_epoch(epoch: int, state: dict, lr: float, train_stats: dict, elapsed: float, evaluate_now: bool):
+    def finish_epoch(epoch: int, state: dict, lr: float, train_stats: dict, clock: EpochClock, evaluate_now: bool):
         """Evaluate (when due), log, and save the best and last checkpoints of the trained epoch ``epoch``."""
         nonlocal best, best_epoch, metrics
-        started = time.perf_counter() - elapsed
         eval_stats = None
         if evaluate_now:
             if dist_info.is_main:  # kept if the evaluation is interrupted: resuming evaluates this epoch again
-                pending = _metrics(epoch, lr, train_stats, None, best, started)
+                pending = _metrics(epoch, lr, train_stats, None, best, clock)
                 checkpoint({**state, "metrics": pending, "pending_eval": True}).save(out / "last.pth")
             eval_stats = evaluation(epoch)
         # The best epoch is the best evaluated one (train top-1 only in runs that never evaluate).
@@ -534,7 +549,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         is_best = score is not None and (best is None or score > best)
         if is_best:
             best, best_epoch = score, epoch + 1
-        metrics = _metrics(epoch, lr, train_stats, eval_stats, best, started)
+        metrics = _metrics(epoch, lr, train_stats, eval_stats, best, clock)
         if dist_info.is_main:
             saved = checkpoint({  # the weights as evaluated: BN statistics re-estimated
                 **state, "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state(),
@@ -558,7 +573,8 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         if ckpt is not None and ckpt.get("pending_eval"):  # stopped during the evaluation of its last epoch
             m = ckpt["metrics"]
             train_stats = {"loss": m["train_loss"], "top1": m["train_top1"], "aux_loss": m["aux_loss"]}
-            finish_epoch(start_epoch - 1, ckpt, m["lr"], train_stats, m["epoch_time_s"], evaluate_now=True)
+            clock = EpochClock(m["epoch_time_s"], m.get("epoch_cpu_s"))
+            finish_epoch(start_epoch - 1, ckpt, m["lr"], train_stats, clock, evaluate_now=True)
         elif args.eval_first and start_epoch == 0 and start_step == 0 and eval_loader is not None:
             e = evaluation(-1)
             log(f"epoch 0 (before training): eval loss {e['loss']:.3f} top-1 {e['top1']:.2f} top-5 {e['top5']:.2f}")
@@ -591,8 +607,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             for epoch in range(max(start_epoch, phase.start), phase.end):
                 inside = epoch == start_epoch and start_step > 0  # resumed inside this epoch
                 step0, stats0 = (start_step, ckpt["epoch_stats"]) if inside else (0, None)
-                elapsed = ckpt.get("elapsed_s", 0.0) if inside else 0.0
-                start = time.perf_counter() - elapsed
+                clock = EpochClock(ckpt["elapsed_s"], ckpt.get("elapsed_cpu_s")) if inside else EpochClock()
                 training_data.set_epoch(epoch)
                 lr = ckpt["metrics"]["lr"] if inside else optimizer.param_groups[0]["lr"]
 
@@ -604,14 +619,14 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
                         stats=stats0, teacher=teacher, ema=ema,
                         checkpoints=StepCheckpoints(
                             interval_s, signals,
-                            functools.partial(save_inside, epoch, index, optimizer, scheduler, lr, start),
+                            functools.partial(save_inside, epoch, index, optimizer, scheduler, lr, clock),
                         ),
                     )  # fmt: skip
                 evaluate_now = eval_loader is not None and (
                     (epoch + 1) % args.eval_every == 0 or epoch + 1 == phase.end
                 )
                 state = training_state(epoch + 1, index, optimizer, scheduler)
-                finish_epoch(epoch, state, lr, train_stats, time.perf_counter() - start, evaluate_now)
+                finish_epoch(epoch, state, lr, train_stats, clock, evaluate_now)
     if metrics:
         log(
             f"best top-1 {_fmt(best, '.2f')} at epoch {best_epoch}; "
@@ -649,7 +664,8 @@ def _levers_line(args: argparse.Namespace, world_size: int) -> str:
     return "levers: " + "; ".join(parts) if parts else ""
 
 
-def _metrics(epoch: int, lr: float, train_stats: dict, eval_stats: dict | None, best, start: float) -> dict:
+def _metrics(epoch: int, lr: float, train_stats: dict, eval_stats: dict | None, best, clock: EpochClock) -> dict:
+    cpu = clock.cpu()
     return {
         "epoch": epoch + 1,
         "lr": lr,
@@ -660,7 +676,8 @@ def _metrics(epoch: int, lr: float, train_stats: dict, eval_stats: dict | None, 
         "eval_top1": eval_stats and eval_stats["top1"],
         "eval_top5": eval_stats and eval_stats["top5"],
         "best_top1": best,
-        "epoch_time_s": round(time.perf_counter() - start, 2),
+        "epoch_time_s": round(clock.wall(), 2),
+        "epoch_cpu_s": None if cpu is None else round(cpu, 2),
     }
 
 
