@@ -61,7 +61,7 @@ def test_scripted_model_trains_with_the_same_gradients():
         block.zero_grad()
         module(x).square().sum().backward()
         grads.append([p.grad.clone() for p in block.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         assert torch.equal(a, b)
 
 
