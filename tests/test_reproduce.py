@@ -9,7 +9,7 @@ from conftest import SHARED_DATA, needs_shared_data
 from PIL import Image
 
 from compactnets.engine.recipes import read_recipe
-from compactnets.engine.reproduce import describe_data, jpeg_quality, resolve_rows
+from compactnets.engine.reproduce import describe_data, jpeg_quality, resolve_rows, train_command
 from compactnets.models import published_tables
 
 TINY_RECIPE = """
@@ -54,6 +54,29 @@ def test_cpu_tables_name_one_cpu_recipe_per_row():
         recipe = read_recipe(row.recipe)
         assert recipe["shortens"] == row.recipe.removesuffix("_cpu")
         assert (row.model or recipe["train"]["model"]) in row.name
+
+
+def test_the_levers_ablation_rows_turn_each_lever_off(run_cli, tmp_path):
+    rows = resolve_rows(["nin-xnornet-levers"])
+    assert {r.recipe for r in rows} == {"nin_xnornet_cifar10_cpu"}
+    cmd = train_command(rows[-1], tmp_path / "run", "data", 10)
+    assert cmd == [
+        "compactnets", "train", "--recipe", "nin_xnornet_cifar10_cpu", "--output", str(tmp_path / "run"),
+        "--data", "data", "--no-model-ema", "--teacher", "none", "--bn-reestimate", "0", "--epochs", "10",
+        "--no-progress",
+    ]  # fmt: skip
+    levers = {}
+    for row in rows:
+        status, out, _ = run_cli("train", "--recipe", row.recipe, *row.options, "--print-config")
+        config = json.loads(out)
+        levers[row.name] = (config["model_ema"], config["teacher"], config["bn_reestimate"])
+    assert levers == {
+        "nin_xnornet_all_levers": (True, "nin.cifar10jpeg_cpu60", 5000),
+        "nin_xnornet_no_ema": (False, "nin.cifar10jpeg_cpu60", 5000),
+        "nin_xnornet_no_distillation": (True, None, 5000),
+        "nin_xnornet_no_bn_reestimation": (True, "nin.cifar10jpeg_cpu60", 0),
+        "nin_xnornet_no_levers": (False, None, 0),
+    }
 
 
 def test_unknown_name_is_one_line(run_cli, tmp_path):

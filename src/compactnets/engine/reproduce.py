@@ -66,6 +66,7 @@ def train_command(row: TableRow, out: Path, data: str | None, epochs: int | None
         cmd = ["compactnets", "train", "--recipe", row.recipe, "--output", str(out)]
         cmd += ["--model", row.model] if row.model else []
         cmd += ["--data", data] if data else []
+        cmd += list(row.options)
     return cmd + (["--epochs", str(epochs)] if epochs else []) + ["--no-progress"]
 
 
@@ -151,6 +152,7 @@ def row_result(row: TableRow, out: Path) -> dict:
     command = ["compactnets", "train", "--recipe", row.recipe, "--output", str(out)]
     command += ["--model", model] if model != recipe["train"]["model"] else []
     command += ["--data", options["data"]] if options.get("data") else []
+    command += list(row.options)
     command += ["--epochs", str(options["epochs"])] if options["epochs"] != result["recipe_epochs"] else []
     return {
         **result,

@@ -141,6 +141,7 @@ class TableRow:
     name: str  # the run folder's name
     recipe: str
     model: str | None = None  # overrides the recipe's model
+    options: tuple[str, ...] = ()  # train options after the recipe's (an ablation's row turns a lever off)
 
 
 _models: dict[str, ModelEntry] = {}

@@ -282,3 +282,16 @@ _TABLE_RECIPES = ("nin_cifar10", "nin_gc_cifar10", "nin_xnornet_cifar10", "nin_g
 register_table("xnor-net-cifar10", [TableRow(r, r) for r in _TABLE_RECIPES])
 # The same rows in the schedules of a 2-core CPU (issue 16): full-precision teachers first, then their students.
 register_table("xnor-net-cifar10-cpu", [TableRow(f"{r}_cpu", f"{r}_cpu") for r in _TABLE_RECIPES])
+# The binary CPU recipe with each of its levers turned off in turn, and all of them: the ablation of issue 16, run
+# at a shorter length (`compactnets reproduce nin-xnornet-levers --epochs 10`).
+_LEVERS_OFF = {
+    "all_levers": (),
+    "no_ema": ("--no-model-ema",),
+    "no_distillation": ("--teacher", "none"),
+    "no_bn_reestimation": ("--bn-reestimate", "0"),
+    "no_levers": ("--no-model-ema", "--teacher", "none", "--bn-reestimate", "0"),
+}
+register_table(
+    "nin-xnornet-levers",
+    [TableRow(f"nin_xnornet_{k}", "nin_xnornet_cifar10_cpu", options=v) for k, v in _LEVERS_OFF.items()],
+)
