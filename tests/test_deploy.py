@@ -8,8 +8,8 @@ from torch import nn
 
 import compactnets
 from compactnets.deploy import example_input, fold_batch_norms, inference_form
-from compactnets.deploy.folding import find_conv_bn_pairs
 from compactnets.layers import BinaryConv2d, WeightNet, WeightNetDW
+from compactnets.layers.fold import find_conv_bn_pairs
 from compactnets.layers.weightnet import GatedPointwise, MixtureConv2d
 
 

@@ -19,7 +19,7 @@ import compactnets
 import compactnets.engine.train as engine
 from compactnets.checkpoint import load_file, save_atomic
 from compactnets.engine.batchnorm import reestimate_bn
-from compactnets.engine.distill import distillation_loss
+from compactnets.engine.distill import distillation_loss, load_teacher
 from compactnets.engine.evaluate import evaluate
 from compactnets.engine.optim import lr_factor_fn
 from compactnets.engine.train import EpochClock, add_train_args
@@ -97,6 +97,19 @@ def test_distillation_trains_from_a_teacher_checkpoint_and_refuses_a_mismatched_
     assert status == 2 and "neither a checkpoint file nor a model with shipped weights" in err
     status, _, err = run_cli("train", *SMALL_RUN, "--distill-weight", "1.5", "--output", tmp_path / "z")
     assert status == 2 and "--distill-weight must be in [0, 1], not 1.5" in err
+
+
+def test_the_teacher_runs_with_its_batch_norms_folded():
+    student = compactnets.create_model("nin_xnornet")
+    teacher = load_teacher("nin", student, torch.device("cpu"), channels_last=True)
+    reference = compactnets.create_model("nin", pretrained=True).eval()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in teacher.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in reference.modules()) == 9
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x.contiguous(memory_format=torch.channels_last)), reference(x),
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
 # --- EMA ------------------------------------------------------------------------------------------------------

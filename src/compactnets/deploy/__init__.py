@@ -2,7 +2,7 @@
 
 * :func:`inference_form`: an eval-mode copy of a model with its family's inference form applied (a model class
   may define ``inference_form()``, e.g. MicroNet's fused form, WeightNet's static mixture) and then every
-  conv -> BN pair folded (:mod:`.folding`); binary convs are kept as they are.
+  conv -> BN pair folded (:func:`..layers.fold_batch_norms`); binary convs are kept as they are.
 * :data:`FORMATS`: the export formats, by name, each an ``export(model, out, ...)`` and a ``load(path)`` that
   returns an ``nn.Module`` runner (logits from a preprocessed NCHW batch; ``pretrained_cfg``, ``class_names``).
 """
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import DeployError
-from .folding import fold_batch_norms
+from ..layers import fold_batch_norms
 
 
 def example_input(model: nn.Module, batch: int = 2, input_size=None) -> torch.Tensor:

@@ -3,7 +3,9 @@
 
 The loss is ``(1 - w) * CE(student, labels) + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))``: ``w``
 is ``--distill-weight``, ``T`` ``--distill-temperature`` (the T^2 keeps the soft term's gradient scale fixed as T
-changes). The teacher sees the student's very batch (same augmentation), in eval mode, without gradients.
+changes). The teacher sees the student's very batch (same augmentation), in eval mode, without gradients, with
+its batch norms folded into the convs before them (its logits equal to float rounding; nin's forward at batch 128
+in bf16 took 96 ms instead of 148, a third of the distilled nin_xnornet step).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import OptionError
+from ..layers import fold_batch_norms
 from ..models import is_model
 from .evaluate import load_model, load_shipped
 
@@ -39,7 +42,8 @@ def load_teacher(spec: str, student: nn.Module, device: torch.device, channels_l
             raise OptionError(f"--teacher {spec} expects {key} {theirs}, the student {ours}: they must see one input")
     if teacher.num_classes != student.num_classes:
         raise OptionError(f"--teacher {spec} has {teacher.num_classes} classes, the student {student.num_classes}")
-    teacher.to(device).eval().requires_grad_(False)
+    fold_batch_norms(teacher.eval(), torch.zeros(1, *teacher.pretrained_cfg["input_size"]))
+    teacher.requires_grad_(False).to(device)  # after folding, which makes new parameters
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
     return teacher

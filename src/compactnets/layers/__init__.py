@@ -4,7 +4,7 @@ in front of the models' classifiers."""
 
 from .binary import BinaryActivation, BinaryConv2d, binarize_activation, xnor_weight
 from .classifier import GLOBAL_POOL_TYPES, create_global_pool
-from .fold import ConcatConv2d, compose, fold_bn, plain_conv, shuffle_perm
+from .fold import ConcatConv2d, compose, fold_batch_norms, fold_bn, plain_conv, shuffle_perm
 from .micro_factorized import (
     ChannelGather,
     GroupConvBN,
@@ -48,6 +48,7 @@ __all__ = [
     "channel_shuffle",
     "compose",
     "create_global_pool",
+    "fold_batch_norms",
     "fold_bn",
     "make_divisible",
     "per_sample_conv2d",
