@@ -10,6 +10,7 @@ the same cores, which is what the fast path saves on a CPU.
 
     python benchmarks/train_throughput.py --data ../shared/data/cifar10 --threads 2
     python benchmarks/train_throughput.py --paths fast --models nin nin_gc nin_xnornet nin_gc_xnornet
+    python benchmarks/train_throughput.py --paths fast --models nin_xnornet --teacher nin.cifar10jpeg_cpu60
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from common import environment  # benchmarks/common.py
 
 from compactnets.data import detect_kind
+from compactnets.engine.distill import load_teacher
 from compactnets.engine.distributed import DistInfo
 from compactnets.engine.loaders import build_training_data
 from compactnets.engine.precision import resolve_amp
@@ -67,12 +69,13 @@ def make_run(model_name: str, path: str, argv: list[str], iters: int, device: to
     amp = resolve_amp(args.amp, device)[0]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    teacher = load_teacher(args.teacher, model, device, channels_last=True) if args.teacher else None
     batches = endless(data)
 
     def run() -> int:
         stats = train_one_epoch(
             model, optimizer, scheduler, Chunk(batches, iters), device, args, None, autocast,
-            Progress(False, ""),
+            Progress(False, ""), teacher=teacher,
         )  # fmt: skip
         assert stats["loss"] == stats["loss"], "the loss is NaN"
         return iters * args.batch_size
@@ -91,6 +94,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--teacher", help="distil from this model (a distilled recipe's step: the teacher's forward too)"
+    )
+    parser.add_argument(
         "--paths",
         nargs="+",
         choices=PATHS,
@@ -101,8 +107,11 @@ def main() -> None:
     torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
     argv = ["--data", opts.data, "--batch-size", str(opts.batch_size), "--amp", opts.amp]
+    argv += ["--teacher", opts.teacher] if opts.teacher else []
     print(environment().replace(", NCHW float32", ""))
-    print(f"data {opts.data}, batch {opts.batch_size}, channels-last, {opts.iters} iterations x {opts.rounds} rounds")
+    teacher = f", distilled from {opts.teacher}" if opts.teacher else ""
+    print(f"data {opts.data}, batch {opts.batch_size}, channels-last{teacher}, {opts.iters} iterations x {opts.rounds} "
+          "rounds")  # fmt: skip
     for name in opts.models:
         runs, notes = {}, {}
         for path in opts.paths:

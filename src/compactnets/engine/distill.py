@@ -4,8 +4,8 @@
 The loss is ``(1 - w) * CE(student, labels) + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))``: ``w``
 is ``--distill-weight``, ``T`` ``--distill-temperature`` (the T^2 keeps the soft term's gradient scale fixed as T
 changes). The teacher sees the student's very batch (same augmentation), in eval mode, without gradients, with
-its batch norms folded into the convs before them (its logits equal to float rounding; nin's forward at batch 128
-in bf16 took 96 ms instead of 148, a third of the distilled nin_xnornet step).
+its batch norms folded into the convs before them: the same logits to float rounding, one pass less per layer
+(a distilled nin_xnornet step 1.07-1.14x faster, benchmarks/results/train_step_teacher.txt).
 """
 
 from __future__ import annotations
