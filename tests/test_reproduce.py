@@ -1,6 +1,7 @@
 """compactnets reproduce: rows from tables and recipes, runs resumed, the results table, curves, data notes."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,8 @@ from PIL import Image
 
 from compactnets.engine.recipes import read_recipe
 from compactnets.engine.reproduce import describe_data, jpeg_quality, resolve_rows, train_command
-from compactnets.models import published_tables
+from compactnets.models import TableRow, _registry, published_tables
+from compactnets.models._registry import register_table
 
 TINY_RECIPE = """
 description = "a tiny NIN row"
@@ -62,21 +64,54 @@ def test_the_levers_ablation_rows_turn_each_lever_off(run_cli, tmp_path):
     cmd = train_command(rows[-1], tmp_path / "run", "data", 10)
     assert cmd == [
         "compactnets", "train", "--recipe", "nin_xnornet_cifar10_cpu", "--output", str(tmp_path / "run"),
-        "--data", "data", "--no-model-ema", "--teacher", "none", "--bn-reestimate", "0", "--epochs", "10",
-        "--no-progress",
+        "--data", "data", "--teacher", "none", "--epochs", "10", "--no-progress",
     ]  # fmt: skip
     levers = {}
-    for row in rows:
+    for row in rows:  # the levers as trained, then as measured: a view of the final weights drops EMA or BN
         status, out, _ = run_cli("train", "--recipe", row.recipe, *row.options, "--print-config")
         config = json.loads(out)
-        levers[row.name] = (config["model_ema"], config["teacher"], config["bn_reestimate"])
+        weights, bn = row.view or ("ema", "re-estimated")
+        levers[row.name] = (config["model_ema"] and weights == "ema", config["teacher"],
+                            bool(config["bn_reestimate"]) and bn == "re-estimated")  # fmt: skip
     assert levers == {
-        "nin_xnornet_all_levers": (True, "nin.cifar10jpeg_cpu60", 5000),
-        "nin_xnornet_no_ema": (False, "nin.cifar10jpeg_cpu60", 5000),
-        "nin_xnornet_no_distillation": (True, None, 5000),
-        "nin_xnornet_no_bn_reestimation": (True, "nin.cifar10jpeg_cpu60", 0),
-        "nin_xnornet_no_levers": (False, None, 0),
+        "nin_xnornet_all_levers": (True, "nin.cifar10jpeg_cpu60", True),
+        "nin_xnornet_no_ema": (False, "nin.cifar10jpeg_cpu60", True),
+        "nin_xnornet_no_bn_reestimation": (True, "nin.cifar10jpeg_cpu60", False),
+        "nin_xnornet_no_distillation": (True, None, True),
+        "nin_xnornet_no_levers": (False, None, False),
     }
+    assert [r.run for r in rows] == [None, "nin_xnornet_all_levers", "nin_xnornet_all_levers", None,
+                                     "nin_xnornet_no_distillation"]  # fmt: skip
+
+
+def test_a_row_measuring_another_rows_run_trains_nothing_and_reports_its_view(run_cli, tmp_path, monkeypatch):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE + "model_ema = true\nbn_reestimate = 50\n")
+    monkeypatch.setattr(_registry, "_tables", {})
+    with pytest.raises(RuntimeError, match="measures 'tiny': an earlier row trained alike"):
+        register_table("bad", [TableRow("view", str(recipe), run="tiny", view=("raw", "running"))])
+    run, view = (
+        TableRow("tiny", str(recipe)),
+        TableRow("tiny_no_ema", str(recipe), run="tiny", view=("raw", "re-estimated")),
+    )
+    with pytest.raises(RuntimeError, match="an earlier row trained alike"):
+        register_table("bad", [run, dataclasses.replace(view, options=("--lr", "1"))])
+    with pytest.raises(RuntimeError, match="names both, run and view"):
+        register_table("bad", [run, dataclasses.replace(view, view=None)])
+    register_table("tiny-levers", [run, view])
+    out = tmp_path / "runs"
+    status, stdout, _ = run_cli("reproduce", "tiny-levers", "--output", out)
+    assert status == 0 and stdout.count(": compactnets train --recipe") == 1  # the run, once
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["tiny"]
+    views = {(v["weights"], v["bn"]): v["top1"] for v in json.loads((out / "tiny" / "views.json").read_text())["views"]}
+    run, view = json.loads((out / "results.json").read_text())
+    assert run["last_top1"] == views["ema", "re-estimated"] and run["best_epoch"] == 1
+    assert view["last_top1"] == views["raw", "re-estimated"] and view["best_top1"] is None
+    assert view["measures"] == {"run": "tiny", "weights": "raw", "bn": "re-estimated"}
+    table = (out / "results.md").read_text()
+    assert (f"EMA {views['ema', 're-estimated']:.2f} ({views['ema', 'running']:.2f}); "
+            f"raw {views['raw', 're-estimated']:.2f} ({views['raw', 'running']:.2f})") in table  # fmt: skip
+    assert "measured as raw weights with re-estimated BN statistics (row tiny)" in table
 
 
 def test_unknown_name_is_one_line(run_cli, tmp_path):
@@ -123,10 +158,10 @@ def test_rows_train_resume_and_tabulate(run_cli, tmp_path):
     assert row["device"].startswith("cpu (") and row["data_path"] == "fast path"
     assert row["train_time_s"] == pytest.approx(sum(float(r["epoch_time_s"]) for r in log), abs=0.05)
     assert row["cpu_time_s"] == pytest.approx(sum(float(r["epoch_cpu_s"]) for r in log), abs=0.05)
-    assert row["cpu_time_s"] > 0 and row["cpu_time_epochs"] == 2
+    assert row["cpu_time_s"] > 0 and row["cpu_time_epochs"] == 2 and row["views"] == []  # no EMA, no re-estimation
     table = (out / "results.md").read_text()
     assert (
-        f"| tiny | nin | 92.37 | {max(top1):.2f} ({row['best_epoch']}) | {top1[-1]:.2f} | 2 / 1 (nin_cifar10: 200)"
+        f"| tiny | nin | 92.37 | {max(top1):.2f} ({row['best_epoch']}) | {top1[-1]:.2f} | - | 2 / 1 (nin_cifar10: 200)"
         in table
     )
     assert (out / "tiny" / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -134,6 +134,55 @@ def test_model_ema_is_evaluated_saved_and_loaded_by_eval(run_cli, tmp_path):
     assert status == 2 and "holds no EMA weights" in err
 
 
+def test_ema_and_bn_reestimation_leave_the_training_as_it_was(run_cli, tmp_path):
+    """The final weights measured each way (views.json) are exactly the runs trained without those levers: the
+    EMA is a shadow copy, and re-estimation and evaluation work on copies with the RNG streams restored. The files
+    hold the re-estimated statistics (they give the logged figure), and a resumed run goes on from the running
+    ones: stopped after epoch 2 of 3, it ends as the straight run."""
+    common = [*SMALL_RUN, "--deterministic", "--sched", "constant"]
+    ema, bn = ["--model-ema", "--model-ema-decay", "0.9"], ["--bn-reestimate", "100"]
+    runs = {"all": [*ema, *bn], "no_ema": bn, "no_bn": ema, "none": []}
+    for name, levers in runs.items():
+        assert run_cli("train", *common, "--epochs", "3", *levers, "--output", tmp_path / name)[0] == 0
+    resumed = tmp_path / "resumed"
+    assert run_cli("train", *common, "--epochs", "2", *ema, *bn, "--output", resumed)[0] == 0
+    assert run_cli("train", "--resume", resumed, "--epochs", "3")[0] == 0
+
+    def final(name):
+        row = _read_log(tmp_path / name)[-1]
+        return float(row["eval_top1"]), float(row["eval_loss"])
+
+    views = json.loads((tmp_path / "all" / "views.json").read_text())
+    assert views["epoch"] == 3
+    by = {(v["weights"], v["bn"]): (v["top1"], v["loss"]) for v in views["views"]}
+    assert by.keys() == {("ema", "re-estimated"), ("ema", "running"), ("raw", "re-estimated"), ("raw", "running")}
+    assert by["ema", "re-estimated"] == final("all")  # the evaluation itself
+    assert by["raw", "re-estimated"] == final("no_ema")
+    assert by["ema", "running"] == final("no_bn")
+    assert by["raw", "running"] == final("none")
+    assert len({by[k][1] for k in by}) == 4  # four different measurements
+    assert not (tmp_path / "none" / "views.json").exists()
+    assert json.loads((tmp_path / "resumed" / "views.json").read_text()) == views
+
+    ckpt = {name: load_file(tmp_path / name / "last.pth") for name in [*runs, "resumed"]}
+    no_ema = {**ckpt["no_ema"]["state_dict"], **ckpt["no_ema"]["running_buffers"]}  # re-estimated in the file
+    assert all(_same_weights(ckpt[name]["state_dict"], no_ema) for name in ("all", "no_bn", "none", "resumed"))
+    assert not _same_weights(ckpt["no_ema"]["state_dict"], no_ema)
+    assert _same_weights(ckpt["all"]["state_dict_ema"], ckpt["resumed"]["state_dict_ema"])
+    assert _same_weights({**ckpt["all"]["state_dict_ema"], **ckpt["all"]["running_buffers"]},
+                         ckpt["no_bn"]["state_dict_ema"])  # fmt: skip
+    status, stdout, _ = run_cli("eval", "--checkpoint", tmp_path / "all" / "last.pth", "--ema", "--limit", "100",
+                                "--json")  # fmt: skip
+    assert status == 0 and json.loads(stdout)["top1"] == final("all")[0]
+
+    # DataLoader iterators draw their seeds from torch's global RNG, which a model's dropout also draws from: the
+    # evaluations leave it as they found it
+    for name, levers in (("loader_all", runs["all"]), ("loader_none", [])):
+        run_cli("train", *common, "--epochs", "1", "--fast-data", "off", *levers, "--output", tmp_path / name)
+    states = [load_file(tmp_path / name / "last.pth")["rng"]["torch"] for name in ("loader_all", "loader_none")]
+    assert torch.equal(*states)
+
+
 # --- schedule, lr scaling, precision ------------------------------------------------------------------------
 
 

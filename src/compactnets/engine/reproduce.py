@@ -9,7 +9,10 @@ run that is already there; then
 figure the seed repos report) and last-epoch top-1, epochs run against the recipe's (and the paper recipe's, for
 a recipe that ``shortens`` one), training time, device, precision, the data, and the command;
 ``OUTPUT/<row>/curves.png`` plots loss and top-1 per epoch (train and test) where matplotlib is installed
-(``pip install compactnets[plot]``).
+(``pip install compactnets[plot]``). A run with an EMA or BN re-estimation also shows its final weights measured
+each way (EMA or raw weights, re-estimated or running BN statistics: the run folder's ``views.json``); a row
+that names another row's ``run`` trains nothing itself and reports one of those views (an ablation of the
+levers that leave the trained weights as they are).
 ``--table-only`` rebuilds the table from the run folders without training.
 """
 
@@ -28,7 +31,7 @@ from ..data.datasets import EMBEDDED_FILE, detect_kind
 from ..errors import ReproduceError
 from ..models import Checkpoint, TableRow, get_model_cfg, published_tables
 from .recipes import RecipeError, list_recipes, read_recipe
-from .run_folder import read_log
+from .run_folder import read_log, read_views
 
 RESULTS = "results"
 # libjpeg's luminance quantisation table (ITU T.81 Annex K), scaled by the quality setting.
@@ -140,6 +143,8 @@ def row_result(row: TableRow, out: Path) -> dict:
         "paper_epochs": _recipe_epochs(read_recipe(paper)) if paper else None,
         "output": str(out),
     }
+    if row.run:
+        result["measures"] = {"run": row.run, "weights": row.view[0], "bn": row.view[1]}
     if not (out / "log.csv").is_file():
         return {**result, "status": "not run"}
     options = json.loads((out / "args.json").read_text())
@@ -154,12 +159,17 @@ def row_result(row: TableRow, out: Path) -> dict:
     command += ["--data", options["data"]] if options.get("data") else []
     command += list(row.options)
     command += ["--epochs", str(options["epochs"])] if options["epochs"] != result["recipe_epochs"] else []
+    views = read_views(out, epochs_run)
+    last_top1 = _number(log[-1]["eval_top1"]) if log else None
+    if row.run:  # a view of the final weights only: no best epoch of its own
+        best, last_top1 = None, views[row.view]["top1"] if row.view in views else None
     return {
         **result,
         "status": "done" if epochs_run >= options["epochs"] else "incomplete",
         "best_top1": best and float(best["eval_top1"]),
         "best_epoch": best and int(best["epoch"]),
-        "last_top1": _number(log[-1]["eval_top1"]) if log else None,
+        "last_top1": last_top1,
+        "views": list(views.values()),
         "epochs_run": epochs_run,
         "epochs_planned": options["epochs"],
         "train_time_s": round(sum(float(r["epoch_time_s"]) for r in log), 1),
@@ -186,9 +196,23 @@ def _train_time(r: dict) -> str:
     return text
 
 
+def _views(r: dict) -> str:
+    """The final weights measured each way, as ``EMA 82.10 (80.95); raw 81.70 (79.85)``: top-1 with re-estimated BN
+    statistics (with the running ones), or with the running ones alone in a run that never re-estimated."""
+    by = {(v["weights"], v["bn"]): v["top1"] for v in r["views"]}
+    cells = []
+    for weights, label in (("ema", "EMA"), ("raw", "raw")):
+        if (weights, "re-estimated") in by:
+            cells.append(f"{label} {by[weights, 're-estimated']:.2f} ({by[weights, 'running']:.2f})")
+        elif (weights, "running") in by:
+            cells.append(f"{label} {by[weights, 'running']:.2f}")
+    return "; ".join(cells) or "-"
+
+
 def markdown_table(results: list[dict]) -> str:
     header = (
-        "row", "model", "published top-1", "best top-1 (epoch)", "last top-1", "epochs run / recipe (paper)",
+        "row", "model", "published top-1", "best top-1 (epoch)", "last top-1",
+        "final weights: EMA / raw, BN re-estimated (running)", "epochs run / recipe (paper)",
         "train time (CPU time)", "device", "precision, data path", "data", "command",
     )  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -200,10 +224,13 @@ def markdown_table(results: list[dict]) -> str:
             epochs = f"{r['epochs_run']} / {r['recipe_epochs']}"
             epochs += f" ({r['shortens']}: {r['paper_epochs']})" if r["shortens"] else ""
             precision = {"none": "fp32"}.get(r["precision"], r["precision"])
+            command = f"`{r['command']}`"
+            if "measures" in r:  # a view of another row's run
+                m = r["measures"]
+                command += f", measured as {m['weights']} weights with {m['bn']} BN statistics (row {m['run']})"
             cells += [
-                f"{_fmt(r['best_top1'])} ({_fmt(r['best_epoch'], 'd')})", _fmt(r["last_top1"]), epochs,
-                _train_time(r), r["device"], f"{precision}, {r['data_path']}", r["data"],
-                f"`{r['command']}`",
+                f"{_fmt(r['best_top1'])} ({_fmt(r['best_epoch'], 'd')})", _fmt(r["last_top1"]), _views(r), epochs,
+                _train_time(r), r["device"], f"{precision}, {r['data_path']}", r["data"], command,
             ]  # fmt: skip
         lines.append("| " + " | ".join(cells + [""] * (len(header) - len(cells))) + " |")
     return "\n".join(lines) + "\n"
@@ -262,10 +289,13 @@ def main(args: argparse.Namespace) -> None:
     output = Path(args.output)
     failed = []
     if not args.table_only:
+        runs = {}  # a run folder per row, except where a row measures another row's run
         for row in rows:
-            if run_row(row, output / row.name, args.data, args.epochs) != 0:
-                failed.append(row.name)
-    results = [row_result(row, output / row.name) for row in rows]
+            runs.setdefault(row.run or row.name, row)
+        for folder, row in runs.items():
+            if run_row(row, output / folder, args.data, args.epochs) != 0:
+                failed.append(folder)
+    results = [row_result(row, output / (row.run or row.name)) for row in rows]
     for r in results:
         if r["status"] != "not run" and plot_curves(Path(r["output"]), r["published_top1"]) is None:
             print("training curves need matplotlib: pip install 'compactnets[plot]'")

@@ -27,7 +27,25 @@ def resume_checkpoint_path(resume: str) -> Path:
     return path / "last.pth" if path.is_dir() else path
 
 
-RUN_FILES = ("last.pth", "best.pth", "log.csv", "args.json")  # checkpoints first
+VIEWS_FILE = "views.json"  # the final weights measured each way: EMA or raw, running or re-estimated BN
+RUN_FILES = ("last.pth", "best.pth", "log.csv", "args.json", VIEWS_FILE)  # checkpoints first
+
+
+def write_views(out: Path, epoch: int, views: list[dict]) -> None:
+    tmp = out / f".{VIEWS_FILE}.tmp"
+    tmp.write_text(json.dumps({"epoch": epoch, "views": views}, indent=2) + "\n")
+    os.replace(tmp, out / VIEWS_FILE)
+
+
+def read_views(out: Path, epoch: int) -> dict[tuple[str, str], dict]:
+    """The views measured after epoch ``epoch``, keyed ``(weights, bn)``; none if the run measured none then."""
+    path = out / VIEWS_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if saved.get("epoch") != epoch:  # a run extended past the end it measured
+        return {}
+    return {(v["weights"], v["bn"]): v for v in saved["views"]}
+
+
 LOCK_FILE = ".lock"
 
 

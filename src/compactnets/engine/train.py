@@ -6,7 +6,11 @@ recipes (``--recipe``) set the published runs. Every epoch writes to the output 
 * ``args.json``: the resolved options;
 * ``log.csv``: one row per epoch (lr, train loss/top-1, auxiliary loss, eval loss/top-1/top-5, time);
 * ``last.pth`` and ``best.pth``: model, optimizer, scheduler, AMP scaler, RNG states, epoch and best metric,
-  each written to a temporary file and renamed, so ``--resume`` continues exactly where a run stopped.
+  each written to a temporary file and renamed, so ``--resume`` continues exactly where a run stopped;
+* ``views.json``, after the last epoch of a run with ``--model-ema`` or ``--bn-reestimate``: the final EMA and
+  raw weights, each with its running and its re-estimated BN statistics. Neither lever changes the trained
+  weights (the EMA is a shadow copy; re-estimation and evaluation work on copies and restore the RNG streams),
+  so each view is exactly the result of a run trained without the levers it leaves out.
 
 ``--steps N`` fixes the run length in iterations instead (step-based recipes such as WeightNet's 300,000): the
 schedule spans exactly N iterations and training stops after the N-th, in the middle of an epoch if need be.
@@ -19,6 +23,7 @@ Under ``torchrun`` the loop runs data-parallel (DDP).
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import functools
 import json
@@ -51,7 +56,7 @@ from .loaders import FAST_DATA_CHOICES, build_training_data
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
 from .precision import AMP_CHOICES, resolve_amp
 from .progress import Progress
-from .run_folder import RunFolder, read_log, resume_checkpoint_path
+from .run_folder import RunFolder, read_log, resume_checkpoint_path, write_views
 
 DEFAULT_MODEL = "nin"
 LOG_FIELDS = (
@@ -474,6 +479,10 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             if saved.state_dict_ema is None:
                 raise CheckpointError(f"{path} was trained without --model-ema: resume it without")
             load_state_dict_checked(ema.module, saved.state_dict_ema, what=f"the EMA weights of {path}")
+        if ckpt.get("running_buffers"):  # the file holds re-estimated BN statistics: go on from the running ones
+            load_state_dict_checked(
+                evaluated, {**evaluated.state_dict(), **ckpt["running_buffers"]}, what=f"the BN statistics of {path}"
+            )
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
@@ -499,18 +508,49 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     if levers:
         log(levers)
 
-    def evaluation(epoch: int) -> dict:
-        """In fp32 whatever the training precision: the log's figures are those `compactnets eval` reports."""
-        if training_data.bn_batches is not None:
-            reestimate_bn(evaluated, training_data.bn_batches, device, channels_last=args.channels_last)
-        eval_progress = Progress(show_progress, f"eval after epoch {epoch + 1}", args.log_interval)
-        return evaluate(evaluated, eval_loader, device, channels_last=args.channels_last, progress=eval_progress)
+    def measure(module: nn.Module, reestimated: bool, label: str) -> tuple[dict, nn.Module]:
+        """The figures of ``module`` (in fp32 whatever the training precision: those `compactnets eval` reports)
+        and the module measured: with ``reestimated``, a copy whose BN statistics are re-estimated. Measuring
+        leaves the run as it was, RNG streams included: the levers measured at the end (:func:`weight_views`)
+        are exactly those of runs trained without them."""
+        state = rng_state()
+        try:
+            if reestimated:
+                module = copy.deepcopy(module)
+                reestimate_bn(module, training_data.bn_batches, device, channels_last=args.channels_last)
+            progress = Progress(show_progress, label, args.log_interval)
+            stats = evaluate(module, eval_loader, device, channels_last=args.channels_last, progress=progress)
+        finally:
+            set_rng_state(state)
+        return stats, module
 
-    def checkpoint(state: dict) -> Checkpoint:
-        """The weights as they are now (and their EMA), with the training state ``state``."""
-        ema_module = ema.module if ema is not None else None
-        return Checkpoint.of_model(_unwrap(model), ema_module, model_kwargs=model_kwargs, class_names=classes,
-                                   training=state)  # fmt: skip
+    def evaluation(epoch: int) -> tuple[dict, nn.Module]:
+        """The evaluated weights' figures, and those weights as measured."""
+        return measure(evaluated, training_data.bn_batches is not None, f"eval after epoch {epoch + 1}")
+
+    def weight_views(stats: dict, measured: nn.Module) -> list[dict]:
+        """The final weights measured each way: the EMA and the raw weights, each with its running BN statistics
+        and with re-estimated ones (as the run's options allow): what each lever changed at the end of the run."""
+        weights = {"ema": ema.module, "raw": _unwrap(model)} if ema is not None else {"raw": _unwrap(model)}
+        views = []
+        for name, module in weights.items():
+            for bn in ("re-estimated", "running") if training_data.bn_batches is not None else ("running",):
+                if module is evaluated and (bn == "re-estimated") == (measured is not evaluated):
+                    figures = stats  # the evaluation's own
+                else:
+                    figures = measure(module, bn == "re-estimated", f"final {name} weights, {bn} BN")[0]
+                views.append({"weights": name, "bn": bn, **{k: figures[k] for k in ("top1", "top5", "loss")}})
+        return views
+
+    def checkpoint(state: dict, measured: nn.Module | None = None) -> Checkpoint:
+        """The weights as they are now (and their EMA), with the training state ``state``. ``measured``: the
+        evaluated weights as measured (BN statistics re-estimated), saved in their place, so that the file gives
+        the logged figures; the state keeps the running statistics, which a resumed run goes on from."""
+        raw, ema_module = _unwrap(model), (ema.module if ema is not None else None)
+        if measured is not None and measured is not evaluated:
+            state = {**state, "running_buffers": dict(evaluated.named_buffers())}
+            raw, ema_module = (raw, measured) if ema is not None else (measured, None)
+        return Checkpoint.of_model(raw, ema_module, model_kwargs=model_kwargs, class_names=classes, training=state)
 
     def training_state(epoch: int, phase: int, optimizer, scheduler, **position) -> dict:
         """The state a run resumes from, and where in the run it stands (``position``)."""
@@ -538,12 +578,16 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     def finish_epoch(epoch: int, state: dict, lr: float, train_stats: dict, clock: EpochClock, evaluate_now: bool):
         """Evaluate (when due), log, and save the best and last checkpoints of the trained epoch ``epoch``."""
         nonlocal best, best_epoch, metrics
-        eval_stats = None
+        eval_stats = measured = None
         if evaluate_now:
             if dist_info.is_main:  # kept if the evaluation is interrupted: resuming evaluates this epoch again
                 pending = _metrics(epoch, lr, train_stats, None, best, clock)
                 checkpoint({**state, "metrics": pending, "pending_eval": True}).save(out / "last.pth")
-            eval_stats = evaluation(epoch)
+            eval_stats, measured = evaluation(epoch)
+            if epoch + 1 == args.epochs and (ema is not None or training_data.bn_batches is not None):
+                views = weight_views(eval_stats, measured)
+                if dist_info.is_main:
+                    write_views(out, epoch + 1, views)
         # The best epoch is the best evaluated one (train top-1 only in runs that never evaluate).
         score = eval_stats["top1"] if eval_stats else (None if eval_loader is not None else train_stats["top1"])
         is_best = score is not None and (best is None or score > best)
@@ -554,7 +598,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             saved = checkpoint({  # the weights as evaluated: BN statistics re-estimated
                 **state, "metrics": metrics, "best_top1": best, "best_epoch": best_epoch, "rng": rng_state(),
                 "pending_eval": False,
-            })  # fmt: skip
+            }, measured)  # fmt: skip
             # Log, best, then last: a run killed between any two writes resumes from a consistent last.pth
             # (log rows after its epoch are dropped on resume).
             rows.append({k: ("" if v is None else v) for k, v in metrics.items()})
@@ -576,7 +620,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             clock = EpochClock(m["epoch_time_s"], m.get("epoch_cpu_s"))
             finish_epoch(start_epoch - 1, ckpt, m["lr"], train_stats, clock, evaluate_now=True)
         elif args.eval_first and start_epoch == 0 and start_step == 0 and eval_loader is not None:
-            e = evaluation(-1)
+            e = evaluation(-1)[0]
             log(f"epoch 0 (before training): eval loss {e['loss']:.3f} top-1 {e['top1']:.2f} top-5 {e['top5']:.2f}")
 
         for index, phase in enumerate(phases):

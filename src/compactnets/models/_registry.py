@@ -138,10 +138,12 @@ class Converter:
 class TableRow:
     """A row of a published table, as ``compactnets reproduce`` trains it."""
 
-    name: str  # the run folder's name
+    name: str  # the run folder's name, unless the row measures another row's run
     recipe: str
     model: str | None = None  # overrides the recipe's model
     options: tuple[str, ...] = ()  # train options after the recipe's (an ablation's row turns a lever off)
+    run: str | None = None  # an earlier row of the table, trained alike, whose run this row measures
+    view: tuple[str, str] | None = None  # (weights, bn) of the run's final views: ("raw", "running"), ...
 
 
 _models: dict[str, ModelEntry] = {}
@@ -202,6 +204,16 @@ def register_table(name: str, rows: list[TableRow]) -> None:
     """A published table the family reproduces (``compactnets reproduce NAME``): a row per recipe it trains."""
     if name in _tables:
         raise RuntimeError(f"table {name!r} is registered twice")
+    trained = {}
+    for row in rows:
+        if (row.run is None) != (row.view is None):
+            raise RuntimeError(f"row {row.name!r} of {name!r}: a view of another row's run names both, run and view")
+        if row.run is None:
+            trained[row.name] = row
+            continue
+        source = trained.get(row.run)
+        if source is None or (source.recipe, source.model, source.options) != (row.recipe, row.model, row.options):
+            raise RuntimeError(f"row {row.name!r} of {name!r} measures {row.run!r}: an earlier row trained alike")
     _tables[name] = tuple(rows)
 
 
