@@ -53,11 +53,14 @@ def main() -> None:
         if differ:
             raise SystemExit(f"{args.run} did not follow {args.recipe}: " + ", ".join(
                 f"{k} = {run} (recipe: {want})" for k, (want, run) in sorted(differ.items())))  # fmt: skip
+    weights = "EMA of the final weights" if args.ema else "final weights"
+    if run_args.get("bn_reestimate"):  # the file holds the statistics the run measured its weights with
+        weights += f", BN statistics re-estimated on {run_args['bn_reestimate']} training images"
     provenance = {
         "tag": args.tag,
         "recipe": str(recipe),
         "epochs": str(run_args["epochs"]),
-        "weights": "EMA of the final weights" if args.ema else "final weights",
+        "weights": weights,
         "data": f"{DATA} (CIFAR-10 re-encoded as JPEG quality 75)",
         "command": f"compactnets train --recipe {recipe} --data {DATA}" if recipe else "see args.json of the run",
     }
