@@ -11,6 +11,7 @@ from PIL import Image
 
 from compactnets.engine.recipes import read_recipe
 from compactnets.engine.reproduce import describe_data, jpeg_quality, resolve_rows, train_command
+from compactnets.engine.run_folder import views_by_epoch
 from compactnets.models import TableRow, _registry, published_tables
 from compactnets.models._registry import register_table
 
@@ -64,7 +65,7 @@ def test_the_levers_ablation_rows_turn_each_lever_off(run_cli, tmp_path):
     cmd = train_command(rows[-1], tmp_path / "run", "data", 10)
     assert cmd == [
         "compactnets", "train", "--recipe", "nin_xnornet_cifar10_cpu", "--output", str(tmp_path / "run"),
-        "--data", "data", "--teacher", "none", "--epochs", "10", "--no-progress",
+        "--data", "data", "--teacher", "none", "--views-every-eval", "--epochs", "10", "--no-progress",
     ]  # fmt: skip
     levers = {}
     for row in rows:  # the levers as trained, then as measured: a view of the final weights drops EMA or BN
@@ -86,7 +87,7 @@ def test_the_levers_ablation_rows_turn_each_lever_off(run_cli, tmp_path):
 
 def test_a_row_measuring_another_rows_run_trains_nothing_and_reports_its_view(run_cli, tmp_path, monkeypatch):
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text(TINY_RECIPE + "model_ema = true\nbn_reestimate = 50\n")
+    recipe.write_text(TINY_RECIPE + "model_ema = true\nbn_reestimate = 50\nviews_every_eval = true\n")
     monkeypatch.setattr(_registry, "_tables", {})
     with pytest.raises(RuntimeError, match="measures 'tiny': an earlier row trained alike"):
         register_table("bad", [TableRow("view", str(recipe), run="tiny", view=("raw", "running"))])
@@ -100,18 +101,21 @@ def test_a_row_measuring_another_rows_run_trains_nothing_and_reports_its_view(ru
         register_table("bad", [run, dataclasses.replace(view, view=None)])
     register_table("tiny-levers", [run, view])
     out = tmp_path / "runs"
-    status, stdout, _ = run_cli("reproduce", "tiny-levers", "--output", out)
+    status, stdout, _ = run_cli("reproduce", "tiny-levers", "--output", out, "--epochs", "2")
     assert status == 0 and stdout.count(": compactnets train --recipe") == 1  # the run, once
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["tiny"]
-    views = {(v["weights"], v["bn"]): v["top1"] for v in json.loads((out / "tiny" / "views.json").read_text())["views"]}
+    history = views_by_epoch(out / "tiny")
+    assert list(history) == [1, 2]  # measured at every evaluation, drawn beside the test curve
+    views = {view: v["top1"] for view, v in history[2].items()}
     run, view = json.loads((out / "results.json").read_text())
-    assert run["last_top1"] == views["ema", "re-estimated"] and run["best_epoch"] == 1
+    assert run["last_top1"] == views["ema", "re-estimated"] and run["best_epoch"] in (1, 2)
     assert view["last_top1"] == views["raw", "re-estimated"] and view["best_top1"] is None
     assert view["measures"] == {"run": "tiny", "weights": "raw", "bn": "re-estimated"}
     table = (out / "results.md").read_text()
     assert (f"EMA {views['ema', 're-estimated']:.2f} ({views['ema', 'running']:.2f}); "
             f"raw {views['raw', 're-estimated']:.2f} ({views['raw', 'running']:.2f})") in table  # fmt: skip
     assert "measured as raw weights with re-estimated BN statistics (row tiny)" in table
+    assert (out / "tiny" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_unknown_name_is_one_line(run_cli, tmp_path):

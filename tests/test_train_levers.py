@@ -22,6 +22,7 @@ from compactnets.engine.batchnorm import reestimate_bn
 from compactnets.engine.distill import distillation_loss, load_teacher
 from compactnets.engine.evaluate import evaluate
 from compactnets.engine.optim import lr_factor_fn
+from compactnets.engine.run_folder import VIEWS_FILE, views_by_epoch
 from compactnets.engine.train import EpochClock, add_train_args
 from compactnets.models import Checkpoint
 
@@ -135,34 +136,35 @@ def test_model_ema_is_evaluated_saved_and_loaded_by_eval(run_cli, tmp_path):
 
 
 def test_ema_and_bn_reestimation_leave_the_training_as_it_was(run_cli, tmp_path):
-    """The final weights measured each way (views.json) are exactly the runs trained without those levers: the
-    EMA is a shadow copy, and re-estimation and evaluation work on copies with the RNG streams restored. The files
-    hold the re-estimated statistics (they give the logged figure), and a resumed run goes on from the running
-    ones: stopped after epoch 2 of 3, it ends as the straight run."""
+    """The weights measured each way (views.json) are exactly the runs trained without those levers, at every
+    evaluation: the EMA is a shadow copy, and re-estimation and evaluation work on copies with the RNG streams
+    restored. The files hold the re-estimated statistics (they give the logged figure), and a resumed run goes on
+    from the running ones: stopped after epoch 2 of 3, it ends as the straight run."""
     common = [*SMALL_RUN, "--deterministic", "--sched", "constant"]
     ema, bn = ["--model-ema", "--model-ema-decay", "0.9"], ["--bn-reestimate", "100"]
-    runs = {"all": [*ema, *bn], "no_ema": bn, "no_bn": ema, "none": []}
+    runs = {"all": [*ema, *bn, "--views-every-eval"], "no_ema": bn, "no_bn": ema, "none": []}
     for name, levers in runs.items():
         assert run_cli("train", *common, "--epochs", "3", *levers, "--output", tmp_path / name)[0] == 0
     resumed = tmp_path / "resumed"
     assert run_cli("train", *common, "--epochs", "2", *ema, *bn, "--output", resumed)[0] == 0
     assert run_cli("train", "--resume", resumed, "--epochs", "3")[0] == 0
 
-    def final(name):
-        row = _read_log(tmp_path / name)[-1]
-        return float(row["eval_top1"]), float(row["eval_loss"])
-
-    views = json.loads((tmp_path / "all" / "views.json").read_text())
-    assert views["epoch"] == 3
-    by = {(v["weights"], v["bn"]): (v["top1"], v["loss"]) for v in views["views"]}
-    assert by.keys() == {("ema", "re-estimated"), ("ema", "running"), ("raw", "re-estimated"), ("raw", "running")}
-    assert by["ema", "re-estimated"] == final("all")  # the evaluation itself
-    assert by["raw", "re-estimated"] == final("no_ema")
-    assert by["ema", "running"] == final("no_bn")
-    assert by["raw", "running"] == final("none")
-    assert len({by[k][1] for k in by}) == 4  # four different measurements
-    assert not (tmp_path / "none" / "views.json").exists()
-    assert json.loads((tmp_path / "resumed" / "views.json").read_text()) == views
+    logs = {name: _read_log(tmp_path / name) for name in runs}
+    views = views_by_epoch(tmp_path / "all")
+    assert list(views) == [1, 2, 3]
+    for epoch, measured in views.items():
+        by = {view: (v["top1"], v["loss"]) for view, v in measured.items()}
+        logged = {name: (float(log[epoch - 1]["eval_top1"]), float(log[epoch - 1]["eval_loss"]))
+                  for name, log in logs.items()}  # fmt: skip
+        assert by.keys() == {("ema", "re-estimated"), ("ema", "running"), ("raw", "re-estimated"), ("raw", "running")}
+        assert by["ema", "re-estimated"] == logged["all"]  # the evaluation itself
+        assert by["raw", "re-estimated"] == logged["no_ema"]
+        assert by["ema", "running"] == logged["no_bn"]
+        assert by["raw", "running"] == logged["none"]
+        assert len({loss for _, loss in by.values()}) == 4  # four different measurements
+    assert not (tmp_path / "none" / VIEWS_FILE).exists()
+    assert list(views_by_epoch(resumed)) == [2, 3]  # each time the last epoch; after the resume, the new last
+    assert views_by_epoch(resumed)[3] == views[3]
 
     ckpt = {name: load_file(tmp_path / name / "last.pth") for name in [*runs, "resumed"]}
     no_ema = {**ckpt["no_ema"]["state_dict"], **ckpt["no_ema"]["running_buffers"]}  # re-estimated in the file
@@ -173,7 +175,7 @@ def test_ema_and_bn_reestimation_leave_the_training_as_it_was(run_cli, tmp_path)
                          ckpt["no_bn"]["state_dict_ema"])  # fmt: skip
     status, stdout, _ = run_cli("eval", "--checkpoint", tmp_path / "all" / "last.pth", "--ema", "--limit", "100",
                                 "--json")  # fmt: skip
-    assert status == 0 and json.loads(stdout)["top1"] == final("all")[0]
+    assert status == 0 and json.loads(stdout)["top1"] == float(logs["all"][-1]["eval_top1"])
 
     # DataLoader iterators draw their seeds from torch's global RNG, which a model's dropout also draws from: the
     # evaluations leave it as they found it

@@ -31,7 +31,7 @@ from ..data.datasets import EMBEDDED_FILE, detect_kind
 from ..errors import ReproduceError
 from ..models import Checkpoint, TableRow, get_model_cfg, published_tables
 from .recipes import RecipeError, list_recipes, read_recipe
-from .run_folder import read_log, read_views
+from .run_folder import read_log, views_by_epoch
 
 RESULTS = "results"
 # libjpeg's luminance quantisation table (ITU T.81 Annex K), scaled by the quality setting.
@@ -159,7 +159,7 @@ def row_result(row: TableRow, out: Path) -> dict:
     command += ["--data", options["data"]] if options.get("data") else []
     command += list(row.options)
     command += ["--epochs", str(options["epochs"])] if options["epochs"] != result["recipe_epochs"] else []
-    views = read_views(out, epochs_run)
+    views = views_by_epoch(out).get(epochs_run, {})  # the final weights' (none in a run extended since)
     last_top1 = _number(log[-1]["eval_top1"]) if log else None
     if row.run:  # a view of the final weights only: no best epoch of its own
         best, last_top1 = None, views[row.view]["top1"] if row.view in views else None
@@ -252,16 +252,27 @@ def plot_curves(out: Path, published: float | None) -> Path | None:
         return None
     log = read_log(out / "log.csv")
     epochs = [int(r["epoch"]) for r in log]
+    options = json.loads((out / "args.json").read_text())
+    evaluated = (
+        "ema" if options.get("model_ema") else "raw",
+        "re-estimated" if options.get("bn_reestimate") else "running",
+    )
+    history = views_by_epoch(out)  # measured at every evaluation (--views-every-eval): drawn beside the test curve
+    test = f"test, {evaluated[0]} weights, {evaluated[1]} BN" if len(history) > 1 else "test"
     fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((loss_ax, "loss", "loss"), (top1_ax, "top1", "top-1 (%)")):
         for split, style in (("train", "-"), ("eval", "-o")):
             points = [(e, float(r[f"{split}_{key}"])) for e, r in zip(epochs, log, strict=True) if r[f"{split}_{key}"]]
             if points:
-                ax.plot(*zip(*points, strict=True), style, label="test" if split == "eval" else split, markersize=3)
+                ax.plot(*zip(*points, strict=True), style, label=test if split == "eval" else split, markersize=3)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    if len(history) > 1:
+        for view in sorted({view for views in history.values() for view in views} - {evaluated}):
+            points = sorted((epoch, views[view]["top1"]) for epoch, views in history.items() if view in views)
+            top1_ax.plot(*zip(*points, strict=True), ":o", markersize=2, label=f"test, {view[0]} weights, {view[1]} BN")
     if published is not None:
         top1_ax.axhline(published, color="gray", linestyle="--", label=f"published {published}")
     loss_ax.legend()

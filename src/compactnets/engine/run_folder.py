@@ -31,19 +31,21 @@ VIEWS_FILE = "views.json"  # the final weights measured each way: EMA or raw, ru
 RUN_FILES = ("last.pth", "best.pth", "log.csv", "args.json", VIEWS_FILE)  # checkpoints first
 
 
-def write_views(out: Path, epoch: int, views: list[dict]) -> None:
-    tmp = out / f".{VIEWS_FILE}.tmp"
-    tmp.write_text(json.dumps({"epoch": epoch, "views": views}, indent=2) + "\n")
-    os.replace(tmp, out / VIEWS_FILE)
-
-
-def read_views(out: Path, epoch: int) -> dict[tuple[str, str], dict]:
-    """The views measured after epoch ``epoch``, keyed ``(weights, bn)``; none if the run measured none then."""
+def views_by_epoch(out: Path) -> dict[int, dict[tuple[str, str], dict]]:
+    """The views a run measured, per epoch, each keyed ``(weights, bn)``; none if it measured none."""
     path = out / VIEWS_FILE
-    saved = json.loads(path.read_text()) if path.is_file() else {}
-    if saved.get("epoch") != epoch:  # a run extended past the end it measured
-        return {}
-    return {(v["weights"], v["bn"]): v for v in saved["views"]}
+    entries = json.loads(path.read_text())["epochs"] if path.is_file() else []
+    return {e["epoch"]: {(v["weights"], v["bn"]): v for v in e["views"]} for e in entries}
+
+
+def write_views(out: Path, epoch: int, views: list[dict]) -> None:
+    """Add the views measured after ``epoch``; those of later epochs (written before a resume) are dropped."""
+    path = out / VIEWS_FILE
+    entries = json.loads(path.read_text())["epochs"] if path.is_file() else []
+    entries = [e for e in entries if e["epoch"] < epoch] + [{"epoch": epoch, "views": views}]
+    tmp = out / f".{VIEWS_FILE}.tmp"
+    tmp.write_text(json.dumps({"epochs": entries}, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 LOCK_FILE = ".lock"

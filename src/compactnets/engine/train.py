@@ -7,10 +7,11 @@ recipes (``--recipe``) set the published runs. Every epoch writes to the output 
 * ``log.csv``: one row per epoch (lr, train loss/top-1, auxiliary loss, eval loss/top-1/top-5, time);
 * ``last.pth`` and ``best.pth``: model, optimizer, scheduler, AMP scaler, RNG states, epoch and best metric,
   each written to a temporary file and renamed, so ``--resume`` continues exactly where a run stopped;
-* ``views.json``, after the last epoch of a run with ``--model-ema`` or ``--bn-reestimate``: the final EMA and
-  raw weights, each with its running and its re-estimated BN statistics. Neither lever changes the trained
-  weights (the EMA is a shadow copy; re-estimation and evaluation work on copies and restore the RNG streams),
-  so each view is exactly the result of a run trained without the levers it leaves out.
+* ``views.json``, after the last epoch of a run with ``--model-ema`` or ``--bn-reestimate`` (after every
+  evaluation with ``--views-every-eval``): the EMA and the raw weights, each with its running and its re-estimated
+  BN statistics. Neither lever changes the trained weights (the EMA is a shadow copy; re-estimation and
+  evaluation work on copies and restore the RNG streams), so each view is exactly the evaluation of a run trained
+  without the levers it leaves out.
 
 ``--steps N`` fixes the run length in iterations instead (step-based recipes such as WeightNet's 300,000): the
 schedule spans exactly N iterations and training stops after the N-th, in the middle of an epoch if need be.
@@ -156,6 +157,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--bn-reestimate", type=int, default=0, metavar="N",
         help="before each evaluation, recompute the batch-norm statistics on N training images (0: off)",
     )  # fmt: skip
+    g.add_argument("--views-every-eval", action="store_true",
+                   help="measure the EMA and the raw weights with running and re-estimated BN statistics at every "
+                   "evaluation (views.json), not only after the last epoch")  # fmt: skip
     g = parser.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact reruns)")
@@ -584,7 +588,8 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
                 pending = _metrics(epoch, lr, train_stats, None, best, clock)
                 checkpoint({**state, "metrics": pending, "pending_eval": True}).save(out / "last.pth")
             eval_stats, measured = evaluation(epoch)
-            if epoch + 1 == args.epochs and (ema is not None or training_data.bn_batches is not None):
+            due = epoch + 1 == args.epochs or args.views_every_eval
+            if due and (ema is not None or training_data.bn_batches is not None):
                 views = weight_views(eval_stats, measured)
                 if dist_info.is_main:
                     write_views(out, epoch + 1, views)

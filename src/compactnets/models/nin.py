@@ -286,20 +286,25 @@ register_table("xnor-net-cifar10-cpu", [TableRow(f"{r}_cpu", f"{r}_cpu") for r i
 # shorter length (`compactnets reproduce nin-xnornet-levers --epochs 10`). The EMA and BN re-estimation leave the
 # trained weights as they are, so their rows are views of the final weights of the runs with them on (exactly
 # what runs without them would give); distillation changes the training, so it needs a run of its own.
-_BINARY_CPU, _NO_TEACHER = "nin_xnornet_cifar10_cpu", ("--teacher", "none")
+_WITH = ("--views-every-eval",)  # each lever's effect along the run too
+_WITHOUT_TEACHER = ("--teacher", "none", *_WITH)
+_LEVERS = (  # row, its options, and the row whose run it measures as (weights, BN statistics)
+    ("all_levers", _WITH, None, None),
+    ("no_ema", _WITH, "all_levers", ("raw", "re-estimated")),
+    ("no_bn_reestimation", _WITH, "all_levers", ("ema", "running")),
+    ("no_distillation", _WITHOUT_TEACHER, None, None),
+    ("no_levers", _WITHOUT_TEACHER, "no_distillation", ("raw", "running")),
+)
 register_table(
     "nin-xnornet-levers",
     [
-        TableRow("nin_xnornet_all_levers", _BINARY_CPU),
-        TableRow("nin_xnornet_no_ema", _BINARY_CPU, run="nin_xnornet_all_levers", view=("raw", "re-estimated")),
-        TableRow("nin_xnornet_no_bn_reestimation", _BINARY_CPU, run="nin_xnornet_all_levers", view=("ema", "running")),
-        TableRow("nin_xnornet_no_distillation", _BINARY_CPU, options=_NO_TEACHER),
         TableRow(
-            "nin_xnornet_no_levers",
-            _BINARY_CPU,
-            options=_NO_TEACHER,
-            run="nin_xnornet_no_distillation",
-            view=("raw", "running"),
-        ),  # fmt: skip
+            f"nin_xnornet_{name}",
+            "nin_xnornet_cifar10_cpu",
+            options=options,
+            run=run and f"nin_xnornet_{run}",
+            view=view,
+        )
+        for name, options, run, view in _LEVERS
     ],
 )
