@@ -10,7 +10,8 @@ figure the seed repos report) and last-epoch top-1, epochs run against the recip
 a recipe that ``shortens`` one), training time, device, precision, the data, and the command;
 ``OUTPUT/<row>/curves.png`` plots loss and top-1 per epoch (train and test) where matplotlib is installed
 (``pip install compactnets[plot]``). A run with an EMA or BN re-estimation also shows its final weights measured
-each way (EMA or raw weights, re-estimated or running BN statistics: the run folder's ``views.json``); a row
+each way (EMA or raw weights, re-estimated or running BN statistics: the run folder's ``views.json``; its curves
+show them along the run where it measured them at every evaluation, ``--views-every-eval``); a row
 that names another row's ``run`` trains nothing itself and reports one of those views (an ablation of the
 levers that leave the trained weights as they are).
 ``--table-only`` rebuilds the table from the run folders without training.

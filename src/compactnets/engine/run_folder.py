@@ -27,25 +27,26 @@ def resume_checkpoint_path(resume: str) -> Path:
     return path / "last.pth" if path.is_dir() else path
 
 
-VIEWS_FILE = "views.json"  # the final weights measured each way: EMA or raw, running or re-estimated BN
+VIEWS_FILE = "views.json"  # the weights measured each way (EMA or raw, running or re-estimated BN), per epoch
 RUN_FILES = ("last.pth", "best.pth", "log.csv", "args.json", VIEWS_FILE)  # checkpoints first
+
+
+def _view_entries(out: Path) -> list[dict]:
+    path = out / VIEWS_FILE
+    return json.loads(path.read_text())["epochs"] if path.is_file() else []
 
 
 def views_by_epoch(out: Path) -> dict[int, dict[tuple[str, str], dict]]:
     """The views a run measured, per epoch, each keyed ``(weights, bn)``; none if it measured none."""
-    path = out / VIEWS_FILE
-    entries = json.loads(path.read_text())["epochs"] if path.is_file() else []
-    return {e["epoch"]: {(v["weights"], v["bn"]): v for v in e["views"]} for e in entries}
+    return {e["epoch"]: {(v["weights"], v["bn"]): v for v in e["views"]} for e in _view_entries(out)}
 
 
 def write_views(out: Path, epoch: int, views: list[dict]) -> None:
     """Add the views measured after ``epoch``; those of later epochs (written before a resume) are dropped."""
-    path = out / VIEWS_FILE
-    entries = json.loads(path.read_text())["epochs"] if path.is_file() else []
-    entries = [e for e in entries if e["epoch"] < epoch] + [{"epoch": epoch, "views": views}]
+    entries = [e for e in _view_entries(out) if e["epoch"] < epoch] + [{"epoch": epoch, "views": views}]
     tmp = out / f".{VIEWS_FILE}.tmp"
     tmp.write_text(json.dumps({"epochs": entries}, indent=2) + "\n")
-    os.replace(tmp, path)
+    os.replace(tmp, out / VIEWS_FILE)
 
 
 LOCK_FILE = ".lock"
