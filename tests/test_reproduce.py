@@ -101,6 +101,8 @@ def test_a_row_measuring_another_rows_run_trains_nothing_and_reports_its_view(ru
         register_table("bad", [run, dataclasses.replace(view, view=None)])
     register_table("tiny-levers", [run, view])
     out = tmp_path / "runs"
+    assert run_cli("reproduce", "tiny-levers", "--output", out, "--table-only")[0] == 0
+    assert "| tiny_no_ema | nin | 92.37 | not run (a view of row tiny) |" in (out / "results.md").read_text()
     status, stdout, _ = run_cli("reproduce", "tiny-levers", "--output", out, "--epochs", "2")
     assert status == 0 and stdout.count(": compactnets train --recipe") == 1  # the run, once
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["tiny"]

@@ -220,7 +220,7 @@ def markdown_table(results: list[dict]) -> str:
     for r in results:
         cells = [r["row"], r["model"], _fmt(r["published_top1"])]
         if r["status"] == "not run":
-            cells.append("not run")
+            cells.append(f"not run (a view of row {r['measures']['run']})" if "measures" in r else "not run")
         else:
             epochs = f"{r['epochs_run']} / {r['recipe_epochs']}"
             epochs += f" ({r['shortens']}: {r['paper_epochs']})" if r["shortens"] else ""
