@@ -120,9 +120,19 @@ def test_a_row_measuring_another_rows_run_trains_nothing_and_reports_its_view(ru
     assert (out / "tiny" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_one_row_of_a_table_by_its_name():
+    (row,) = resolve_rows(["resnet32_s8u1_cifar10_cpu"])
+    assert (row.recipe, row.model) == ("shared_bases_cifar10_cpu", "resnet32_s8u1_cifar10")
+    (view,) = resolve_rows(["nin_xnornet_no_ema"])  # trains (or reads) the run it measures
+    assert view.run == "nin_xnornet_all_levers" and view.view == ("raw", "re-estimated")
+    assert resolve_rows(["nin_cifar10"]) == [resolve_rows(["xnor-net-cifar10"])[0]]  # a recipe and a row alike
+
+
 def test_unknown_name_is_one_line(run_cli, tmp_path):
     status, _, err = run_cli("reproduce", "xnor-net-cifar", "--output", tmp_path)
     assert status == 2 and err.count("\n") == 1 and "did you mean xnor-net-cifar10" in err
+    status, _, err = run_cli("reproduce", "resnet32_s8u1_cifar10_cpus", "--output", tmp_path)
+    assert status == 2 and "did you mean resnet32_s8u1_cifar10_cpu" in err
 
 
 def test_jpeg_quality_from_the_quantisation_tables(tmp_path):

@@ -1,10 +1,10 @@
 """``compactnets reproduce``: train the rows of a published table and put the measured figures beside the paper's.
 
-A NAME is a recipe (one row, the recipe's model; a name or a .toml file) or a published table that a family
+A NAME is a recipe (one row, the recipe's model; a name or a .toml file), a published table that a family
 registers with its rows (``register_table``; today ``xnor-net-cifar10``, the four NIN rows of xnor-net.md, and
 ``shared-bases-cifar10``, the six ResNet32/56 rows of shared-bases.md, each also as ``...-cpu`` in the recipes of
-a 2-core CPU). Each row trains with ``compactnets train`` in its own process into ``OUTPUT/<row>/``, resuming a
-run that is already there; then
+a 2-core CPU, and ``nin-xnornet-levers``), or one row of such a table by its name. Each row trains with
+``compactnets train`` in its own process into ``OUTPUT/<row>/``, resuming a run that is already there; then
 ``OUTPUT/results.md`` and ``results.json`` list, per row: the published top-1, the measured best-epoch top-1 (the
 figure the seed repos report) and last-epoch top-1, epochs run against the recipe's (and the paper recipe's, for
 a recipe that ``shortens`` one), training time, device, precision, the data, and the command;
@@ -44,15 +44,18 @@ _JPEG_LUMA = (
 
 
 def resolve_rows(names: list[str]) -> list[TableRow]:
-    """The rows of each NAME: a published table the families registered, or one recipe."""
+    """The rows of each NAME: a published table the families registered, one row of such a table, or one recipe."""
     tables, rows = published_tables(), []
+    table_rows = {row.name: row for table in tables.values() for row in table}
     for name in names:
         if name in tables:
             rows += tables[name]
+        elif name in table_rows:
+            rows.append(table_rows[name])
         elif name in list_recipes() or name.endswith(".toml"):
             rows.append(TableRow(Path(name).stem, name))
         else:
-            close = difflib.get_close_matches(name, [*tables, *list_recipes()], n=3, cutoff=0.5)
+            close = difflib.get_close_matches(name, [*tables, *table_rows, *list_recipes()], n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise RecipeError(f"unknown table or recipe {name!r}{hint} (tables: {', '.join(tables)})")
     return list(dict.fromkeys(rows))
@@ -288,7 +291,7 @@ def plot_curves(out: Path, published: float | None) -> Path | None:
 
 def add_reproduce_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add = parser.add_argument
-    add("names", nargs="+", metavar="NAME", help=f"recipe or table ({', '.join(published_tables())})")
+    add("names", nargs="+", metavar="NAME", help=f"recipe, table ({', '.join(published_tables())}) or a table's row")
     add("--output", default=str(Path("runs") / "reproduce"), help="folder of the runs and the table")
     add("--data", help="dataset folder (default: the embedded CIFAR-10 subset)")
     add("--epochs", type=int, help="train each row for this many epochs instead of its recipe's")
