@@ -3,12 +3,17 @@
 import csv
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from conftest import SHARED_DATA, needs_shared_data
 from PIL import Image
 
+from compactnets.checkpoint import load_file
 from compactnets.engine.recipes import read_recipe
 from compactnets.engine.reproduce import describe_data, jpeg_quality, resolve_rows, train_command
 from compactnets.engine.run_folder import views_by_epoch
@@ -184,3 +189,25 @@ def test_rows_train_resume_and_tabulate(run_cli, tmp_path):
 
     status, stdout, _ = run_cli("reproduce", recipe, "--output", out, "--epochs", "2")
     assert status == 0 and "2 epochs already in" in stdout
+
+
+def test_a_stop_signal_saves_the_running_row_and_stops_the_table(tmp_path):
+    """Ctrl-C (SIGINT to reproduce alone: the row trains in a session of its own, so one signal reaches it, passed
+    on) lets the row save inside its epoch; reproduce writes the table, exits 130 and starts no later row."""
+    recipe, later = tmp_path / "tiny.toml", tmp_path / "later.toml"
+    long = TINY_RECIPE.replace("train_limit = 100", "train_limit = 2000").replace("batch_size = 50", "batch_size = 20")
+    recipe.write_text(long + "checkpoint_interval = 0.001\n")  # saves after every step or so
+    later.write_text(TINY_RECIPE)
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "compactnets", "reproduce", str(recipe), str(later), "--output", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "tiny" / "last.pth").exists() and time.monotonic() < deadline:  # inside its first epoch
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; saved at step" in err and "tiny saved where it stopped; the same command resumes it" in err
+    assert "Traceback" not in err and not (out / "later").exists()
+    assert load_file(out / "tiny" / "last.pth")["step_in_epoch"] >= 1
+    assert "| tiny | nin |" in (out / "results.md").read_text()

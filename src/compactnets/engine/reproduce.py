@@ -23,14 +23,17 @@ import argparse
 import difflib
 import json
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from ..data.classes import CIFAR10_CLASSES
 from ..data.datasets import EMBEDDED_FILE, detect_kind
 from ..errors import ReproduceError
 from ..models import Checkpoint, TableRow, get_model_cfg, published_tables
+from .interrupt import STOP_SIGNALS, TrainingInterrupted
 from .recipes import RecipeError, list_recipes, read_recipe
 from .run_folder import read_log, views_by_epoch
 
@@ -87,7 +90,26 @@ def run_row(row: TableRow, out: Path, data: str | None, epochs: int | None) -> i
             return 0
     cmd = train_command(row, out, data, epochs)
     print(f"{row.name}: {shlex.join(cmd)}", flush=True)
-    return subprocess.run([sys.executable, "-m", "compactnets", *cmd[1:]]).returncode
+    return _train_in_child([sys.executable, "-m", "compactnets", *cmd[1:]])
+
+
+def _train_in_child(cmd: list[str]) -> int:
+    """Run ``cmd`` in a session of its own and pass each stop signal reproduce receives on to it, once: a Ctrl-C
+    in a terminal (which would reach both processes, the second signal stopping the run before it can save) or a
+    SIGTERM lets the run save where it is and exit with 130 or 143, after which reproduce stops too."""
+    child = subprocess.Popen(cmd, start_new_session=True)
+
+    def forward(signum: int, frame) -> None:
+        child.send_signal(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # the only thread that can set handlers
+        previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def jpeg_quality(path) -> int | None:
@@ -302,13 +324,17 @@ def add_reproduce_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def main(args: argparse.Namespace) -> None:
     rows = resolve_rows(args.names)
     output = Path(args.output)
-    failed = []
+    failed, stopped = [], None
     if not args.table_only:
         runs = {}  # a run folder per row, except where a row measures another row's run
         for row in rows:
             runs.setdefault(row.run or row.name, row)
         for folder, row in runs.items():
-            if run_row(row, output / folder, args.data, args.epochs) != 0:
+            status = run_row(row, output / folder, args.data, args.epochs)
+            if status in (128 + s for s in STOP_SIGNALS):  # stopped and saved: the rows after it wait as well
+                stopped = (folder, status - 128)
+                break
+            if status != 0:
                 failed.append(folder)
     results = [row_result(row, output / (row.run or row.name)) for row in rows]
     for r in results:
@@ -320,5 +346,7 @@ def main(args: argparse.Namespace) -> None:
     (output / f"{RESULTS}.md").write_text(markdown_table(results))
     print(markdown_table(results), end="")
     print(f"table: {output / RESULTS}.md and .json; curves: {output}/<row>/curves.png")
+    if stopped:
+        raise TrainingInterrupted(stopped[1], f"{stopped[0]} saved where it stopped; the same command resumes it")
     if failed:
         raise ReproduceError(f"training failed for {', '.join(failed)} (their output is above)")
