@@ -14,7 +14,8 @@ each way (EMA or raw weights, re-estimated or running BN statistics: the run fol
 show them along the run where it measured them at every evaluation, ``--views-every-eval``); a row
 that names another row's ``run`` trains nothing itself and reports one of those views (an ablation of the
 levers that leave the trained weights as they are).
-``--table-only`` rebuilds the table from the run folders without training.
+``--table-only`` rebuilds the table from the run folders without training. A stop signal (Ctrl-C, SIGTERM) is
+passed on to the row being trained, which saves where it is; reproduce then stops, and the same command resumes.
 """
 
 from __future__ import annotations
