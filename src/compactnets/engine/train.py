@@ -533,8 +533,8 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         return measure(evaluated, training_data.bn_batches is not None, f"eval after epoch {epoch + 1}")
 
     def weight_views(stats: dict, measured: nn.Module) -> list[dict]:
-        """The final weights measured each way: the EMA and the raw weights, each with its running BN statistics
-        and with re-estimated ones (as the run's options allow): what each lever changed at the end of the run."""
+        """The weights as they are now, measured each way: the EMA and the raw weights, each with its running BN
+        statistics and with re-estimated ones (as the run's options allow): what each lever changes."""
         weights = {"ema": ema.module, "raw": _unwrap(model)} if ema is not None else {"raw": _unwrap(model)}
         views = []
         for name, module in weights.items():
@@ -542,7 +542,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
                 if module is evaluated and (bn == "re-estimated") == (measured is not evaluated):
                     figures = stats  # the evaluation's own
                 else:
-                    figures = measure(module, bn == "re-estimated", f"final {name} weights, {bn} BN")[0]
+                    figures = measure(module, bn == "re-estimated", f"{name} weights, {bn} BN")[0]
                 views.append({"weights": name, "bn": bn, **{k: figures[k] for k in ("top1", "top5", "loss")}})
         return views
 
