@@ -338,8 +338,9 @@ def main(args: argparse.Namespace) -> None:
             if status != 0:
                 failed.append(folder)
     results = [row_result(row, output / (row.run or row.name)) for row in rows]
-    for r in results:
-        if r["status"] != "not run" and plot_curves(Path(r["output"]), r["published_top1"]) is None:
+    plotted = {r["output"]: r["published_top1"] for r in results if r["status"] != "not run"}  # a run once
+    for out, published in plotted.items():
+        if plot_curves(Path(out), published) is None:
             print("training curves need matplotlib: pip install 'compactnets[plot]'")
             break
     output.mkdir(parents=True, exist_ok=True)
