@@ -11,6 +11,10 @@ the same cores, which is what the fast path saves on a CPU.
     python benchmarks/train_throughput.py --data ../shared/data/cifar10 --threads 2
     python benchmarks/train_throughput.py --paths fast --models nin nin_gc nin_xnornet nin_gc_xnornet
     python benchmarks/train_throughput.py --paths fast --models nin_xnornet --teacher nin.cifar10jpeg_cpu60
+    python benchmarks/train_throughput.py --paths fast --models nin_xnornet --teacher nin.cifar10jpeg_cpu60 \
+        --teacher-runtimes torch openvino
+
+With several ``--teacher-runtimes`` each is a variant of its own, interleaved with the others like the paths.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def make_run(model_name: str, path: str, argv: list[str], iters: int, device: to
     args = add_train_args(argparse.ArgumentParser()).parse_args(
         [*argv, "--model", model_name, "--fast-data", "on" if path == "fast" else "off", "--eval-every", "0"]
     )
+    note = ""
     cfg = get_model_cfg(model_name)
     data = build_training_data(args, cfg, detect_kind(args.data), "cifar", DistInfo(), device, print)
     torch.manual_seed(0)
@@ -69,7 +74,9 @@ def make_run(model_name: str, path: str, argv: list[str], iters: int, device: to
     amp = resolve_amp(args.amp, device)[0]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    teacher = load_teacher(args.teacher, model, device, channels_last=True) if args.teacher else None
+    teacher = None
+    if args.teacher:
+        teacher, note = load_teacher(args.teacher, model, device, True, args.teacher_runtime, amp)
     batches = endless(data)
 
     def run() -> int:
@@ -80,7 +87,7 @@ def make_run(model_name: str, path: str, argv: list[str], iters: int, device: to
         assert stats["loss"] == stats["loss"], "the loss is NaN"
         return iters * args.batch_size
 
-    return run, data.description, amp
+    return run, f"{data.description}{f', {note}' if note else ''}", amp
 
 
 def main() -> None:
@@ -97,6 +104,10 @@ def main() -> None:
         "--teacher", help="distil from this model (a distilled recipe's step: the teacher's forward too)"
     )
     parser.add_argument(
+        "--teacher-runtimes", nargs="+", choices=("torch", "openvino"), default=["torch"],
+        help="what runs the teacher's forward: each runtime is a variant, interleaved",
+    )  # fmt: skip
+    parser.add_argument(
         "--paths",
         nargs="+",
         choices=PATHS,
@@ -112,26 +123,30 @@ def main() -> None:
     teacher = f", distilled from {opts.teacher}" if opts.teacher else ""
     print(f"data {opts.data}, batch {opts.batch_size}, channels-last{teacher}, {opts.iters} iterations x {opts.rounds} "
           "rounds")  # fmt: skip
+    runtimes = opts.teacher_runtimes if opts.teacher else ["torch"]
     for name in opts.models:
         runs, notes = {}, {}
-        for path in opts.paths:
-            run, description, amp = make_run(name, path, argv, opts.iters, device)
-            runs[path], notes[path] = run, description
+        for path, runtime in itertools.product(opts.paths, runtimes):
+            variant = path if len(runtimes) == 1 else f"{path}, {runtime}"
+            run, description, amp = make_run(name, path, [*argv, "--teacher-runtime", runtime], opts.iters, device)
+            runs[variant], notes[variant] = run, description
         for run in runs.values():  # warm-up: first batches, workers started, kernels chosen
             run()
-        rates = {path: [] for path in opts.paths}
+        rates = {variant: [] for variant in runs}
         for _ in range(opts.rounds):
-            for path, run in runs.items():
+            for variant, run in runs.items():
                 start = time.perf_counter()
                 images = run()
-                rates[path].append(images / (time.perf_counter() - start))
-        median = {path: statistics.median(r) for path, r in rates.items()}
+                rates[variant].append(images / (time.perf_counter() - start))
+        median = {variant: statistics.median(r) for variant, r in rates.items()}
         print(f"\n{name} ({amp} autocast):")
-        for path in opts.paths:
-            print(f"  {path:10s} {median[path]:7.1f} img/s (median; min {min(rates[path]):.1f}, max "
-                  f"{max(rates[path]):.1f})  {notes[path]}")  # fmt: skip
-        if len(median) == 2:
-            print(f"  fast / dataloader: {median['fast'] / median['dataloader']:.2f}x", flush=True)
+        for variant in runs:
+            print(f"  {variant:18s} {median[variant]:7.1f} img/s (median; min {min(rates[variant]):.1f}, max "
+                  f"{max(rates[variant]):.1f})  {notes[variant]}")  # fmt: skip
+        first, *others = runs
+        for other in others:  # the faster over the slower
+            fast, slow = sorted((first, other), key=median.get, reverse=True)
+            print(f"  {fast} / {slow}: {median[fast] / median[slow]:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ SIGTERM, and resuming a run stopped during its evaluation."""
 
 import argparse
 import csv
+import importlib.util
 import json
 import signal
 import subprocess
@@ -19,13 +20,14 @@ import compactnets
 import compactnets.engine.train as engine
 from compactnets.checkpoint import load_file, save_atomic
 from compactnets.engine.batchnorm import reestimate_bn
-from compactnets.engine.distill import distillation_loss, load_teacher
-from compactnets.engine.evaluate import evaluate
+from compactnets.engine.distill import OpenVinoTeacher, distillation_loss, load_teacher
+from compactnets.engine.evaluate import build_eval_loader, evaluate
 from compactnets.engine.optim import lr_factor_fn
 from compactnets.engine.run_folder import VIEWS_FILE, views_by_epoch
 from compactnets.engine.train import EpochClock, add_train_args
-from compactnets.models import Checkpoint
+from compactnets.models import Checkpoint, get_model_cfg
 
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
 TINY = ["--model-kwargs", "channels=[16,16,16,16,16,16,16,16]"]
 SMALL_RUN = [*TINY, "--train-limit", "300", "--eval-limit", "100", "--batch-size", "50", "--no-progress"]
 
@@ -80,7 +82,7 @@ def test_distillation_trains_from_a_teacher_checkpoint_and_refuses_a_mismatched_
                                       "--distill-weight", weight, "--distill-temperature", "2",
                                       "--output", out[weight], "--deterministic")  # fmt: skip
         assert status == 0, err
-        assert f"distilling from {teacher} (weight {weight}, T 2)" in stdout
+        assert f"distilling from {teacher} (weight {weight}, T 2, teacher on " in stdout
     # weight 0: the labels alone, the very run without a teacher; weight 1: a different loss, other weights
     plain = tmp_path / "plain"
     assert run_cli("train", *SMALL_RUN, "--epochs", "1", "--output", plain, "--deterministic")[0] == 0
@@ -102,7 +104,8 @@ def test_distillation_trains_from_a_teacher_checkpoint_and_refuses_a_mismatched_
 
 def test_the_teacher_runs_with_its_batch_norms_folded():
     student = compactnets.create_model("nin_xnornet")
-    teacher = load_teacher("nin", student, torch.device("cpu"), channels_last=True)
+    teacher, line = load_teacher("nin", student, torch.device("cpu"), channels_last=True)
+    assert line == "teacher on torch"
     reference = compactnets.create_model("nin", pretrained=True).eval()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in teacher.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in reference.modules()) == 9
@@ -111,6 +114,60 @@ def test_the_teacher_runs_with_its_batch_norms_folded():
     with torch.no_grad():
         torch.testing.assert_close(teacher(x.contiguous(memory_format=torch.channels_last)), reference(x),
                                    rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+@needs_openvino
+def test_the_openvino_teacher_gives_the_torch_teachers_logits():
+    """In f32 to the float rounding, in bf16 (the run's precision under bf16 autocast) to bf16's, with the same
+    predictions on 64 real CIFAR-10 test images; one compiled model per batch shape."""
+    student = compactnets.create_model("nin_xnornet")
+    reference = compactnets.create_model("nin", pretrained=True).eval()
+    images, _ = next(iter(build_eval_loader(get_model_cfg("nin"), None, "embedded", "test", 64, 0, 64)))
+    images = images.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = reference(images)
+    for amp, precision, rtol in (("none", "f32", 1e-4), ("bf16", "bf16", 3e-2)):
+        teacher, line = load_teacher("nin", student, torch.device("cpu"), True, "openvino", amp)
+        assert isinstance(teacher, OpenVinoTeacher) and line == f"teacher on OpenVINO in {precision}"
+        logits = teacher(images)
+        assert logits.dtype == torch.float32 and logits.shape == expected.shape
+        worst = ((logits - expected).abs().max() / expected.abs().max()).item()
+        assert worst <= rtol, (amp, worst)
+        assert (logits.argmax(1) == expected.argmax(1)).float().mean() >= 0.98
+        torch.testing.assert_close(teacher(images[:3]), logits[:3])  # a smaller last batch: its own model
+        assert sorted(shape[0] for shape in teacher.requests) == [3, len(images)]
+    auto, line = load_teacher("nin", student, torch.device("cpu"), True, "auto", "bf16")
+    assert isinstance(auto, OpenVinoTeacher) and line == "teacher on OpenVINO in bf16"
+
+
+def test_without_openvino_auto_falls_back_to_torch_and_openvino_is_refused(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    student = compactnets.create_model("nin_xnornet")
+    teacher, line = load_teacher("nin", student, torch.device("cpu"), True, "auto", "bf16")
+    assert not isinstance(teacher, OpenVinoTeacher)
+    assert line == "teacher on torch (auto: OpenVINO is not installed (pip install 'compactnets[onnx]'))"
+    status, _, err = run_cli("train", *SMALL_RUN, "--teacher", "nin", "--teacher-runtime", "openvino",
+                             "--output", tmp_path / "x")  # fmt: skip
+    assert status == 2 and err.count("\n") == 1, err
+    assert "--teacher-runtime openvino: OpenVINO is not installed" in err
+
+
+@needs_openvino
+def test_a_distilled_run_from_before_the_openvino_teacher_resumes_with_torch(run_cli, tmp_path):
+    """A run whose options lack --teacher-runtime was distilled by torch: resumed, it stays so (an exact
+    resume); a newer run keeps the runtime it recorded."""
+    out = tmp_path / "run"
+    status, stdout, err = run_cli("train", *SMALL_RUN, "--epochs", "1", "--teacher", "nin", "--output", out)
+    assert status == 0 and "teacher on OpenVINO in" in stdout, err
+    assert json.loads((out / "args.json").read_text())["teacher_runtime"] == "auto"
+    status, stdout, err = run_cli("train", "--resume", out, "--epochs", "2")
+    assert status == 0 and "teacher on OpenVINO in" in stdout, err
+    ckpt = load_file(out / "last.pth")
+    del ckpt["args"]["teacher_runtime"]
+    save_atomic(ckpt, out / "last.pth")
+    status, stdout, err = run_cli("train", "--resume", out, "--epochs", "3")
+    assert status == 0 and "T 1, teacher on torch)" in stdout, err
+    assert json.loads((out / "args.json").read_text())["teacher_runtime_resolved"] == "teacher on torch"
 
 
 # --- EMA ------------------------------------------------------------------------------------------------------
@@ -336,10 +393,16 @@ def test_a_run_stopped_during_its_evaluation_evaluates_that_epoch_on_resume(run_
     assert ca["best_epoch"] == cb["best_epoch"] and _same_weights(ca["state_dict_ema"], cb["state_dict_ema"])
 
 
-def test_sigterm_from_outside_stops_a_real_process_cleanly(tmp_path):
+@pytest.mark.parametrize(
+    "teacher", [[], pytest.param(["--teacher", "nin", "--teacher-runtime", "openvino"], marks=needs_openvino)],
+    ids=["", "openvino-teacher"],
+)  # fmt: skip
+def test_sigterm_from_outside_stops_a_real_process_cleanly(tmp_path, teacher):
+    """Also with a teacher compiled by OpenVINO, whose CPU plugin gives the compiling thread an alternate signal
+    stack of its own (see tests/conftest.py)."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "compactnets", "train", *TINY, "--train-limit", "2000", "--eval-limit", "100",
-           "--batch-size", "20", "--epochs", "1", "--log-interval", "1", "--output", str(out)]  # fmt: skip
+           "--batch-size", "20", "--epochs", "1", "--log-interval", "1", "--output", str(out), *teacher]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait for the first training step's progress line

@@ -62,6 +62,7 @@ def _train(args, parser, argv):
         for one_off in ("resume", "overwrite", "print_config"):  # said for one invocation, not for the run
             defaults.pop(one_off, None)
         defaults.setdefault("fast_data", "off")  # a run from before the fast path keeps its DataLoader batches
+        defaults.setdefault("teacher_runtime", "torch")  # and one from before the OpenVINO teacher its torch teacher
         defaults["output"] = str(resume_checkpoint_path(args.resume).parent)
     elif args.recipe:
         defaults = recipe_defaults(parser, args.recipe)

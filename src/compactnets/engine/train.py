@@ -49,7 +49,7 @@ from ..data.transforms import AUGMENTATIONS
 from ..errors import OptionError
 from ..models import Checkpoint, create_model, get_model_cfg, parse_model_kwargs
 from .batchnorm import reestimate_bn
-from .distill import distillation_loss, load_teacher
+from .distill import TEACHER_RUNTIMES, distillation_loss, load_teacher
 from .distributed import device_description, init_distributed, resolve_device, shutdown_distributed
 from .evaluate import evaluate
 from .interrupt import StopSignals, TrainingInterrupted
@@ -151,6 +151,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--teacher", type=_teacher_spec, help="distil from this model: a name with shipped weights "
                    "(NAME or NAME.TAG) or a checkpoint / run folder (none: no teacher, where a recipe names "
                    "one)")  # fmt: skip
+    g.add_argument("--teacher-runtime", choices=TEACHER_RUNTIMES, default="auto",
+                   help="what runs the teacher's forward (auto: OpenVINO on the CPU where it is installed, faster than "
+                   "torch; else torch)")  # fmt: skip
     g.add_argument("--distill-weight", type=float, default=0.5, help="weight of the distillation term (1: no labels)")
     g.add_argument("--distill-temperature", type=float, default=1.0, help="softmax temperature of both models")
     g.add_argument(
@@ -460,7 +463,11 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    teacher = load_teacher(args.teacher, model, device, args.channels_last) if args.teacher else None
+    teacher, args.teacher_runtime_resolved = None, None
+    if args.teacher:
+        teacher, args.teacher_runtime_resolved = load_teacher(
+            args.teacher, model, device, args.channels_last, args.teacher_runtime, amp
+        )
     ema = _model_ema(model, args) if args.model_ema else None  # before DDP wraps the model, as timm does
     if dist_info.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -707,7 +714,8 @@ def _levers_line(args: argparse.Namespace, world_size: int) -> str:
         parts.append(f"EMA decay {args.model_ema_decay:g}{' with warm-up' if args.model_ema_warmup else ''}"
                      " (evaluated and saved)")  # fmt: skip
     if args.teacher:
-        parts.append(f"distilling from {args.teacher} (weight {args.distill_weight:g}, T {args.distill_temperature:g})")
+        parts.append(f"distilling from {args.teacher} (weight {args.distill_weight:g}, T {args.distill_temperature:g}, "
+                     f"{args.teacher_runtime_resolved})")  # fmt: skip
     if args.bn_reestimate:
         parts.append(f"BN statistics re-estimated on {args.bn_reestimate} training images before each evaluation")
     return "levers: " + "; ".join(parts) if parts else ""
