@@ -135,7 +135,7 @@ def test_the_openvino_teacher_gives_the_torch_teachers_logits():
         assert worst <= rtol, (amp, worst)
         assert (logits.argmax(1) == expected.argmax(1)).float().mean() >= 0.98
         torch.testing.assert_close(teacher(images[:3]), logits[:3])  # a smaller last batch: its own model
-        assert sorted(shape[0] for shape in teacher.requests) == [3, len(images)]
+        assert sorted(shape[0] for shape in teacher.compiled.requests) == [3, len(images)]
     auto, line = load_teacher("nin", student, torch.device("cpu"), True, "auto", "bf16")
     assert isinstance(auto, OpenVinoTeacher) and line == "teacher on OpenVINO in bf16"
 

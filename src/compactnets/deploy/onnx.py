@@ -21,6 +21,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import PREPROCESSING_KEYS, check_class_names, check_preprocessing
 from ..errors import CheckpointError
+from ..openvino_cpu import StaticShapeModel
 from . import DeployError, example_input, inference_form
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -64,8 +65,7 @@ class OpenVinoSession:
     """The file compiled by OpenVINO for the CPU, with the calls of onnxruntime's ``InferenceSession`` that
     :class:`OnnxModel` makes (``run``, ``get_inputs``, ``get_modelmeta``).
 
-    One static-shape model is compiled per input shape seen: with the batch left dynamic, OpenVINO ran
-    ``micronet_m0_cifar`` at batch 1 in 2.2x the time (0.96 vs 0.44 ms, 1 thread, Xeon with AMX).
+    One static-shape model is compiled per input shape seen (:class:`~compactnets.openvino_cpu.StaticShapeModel`).
 
     Args:
         path: the ``.onnx`` file.
@@ -82,12 +82,12 @@ class OpenVinoSession:
         # the ONNX frontend directly: Core.read_model tries every frontend and logs TensorFlow's parse errors
         frontend = FrontEndManager().load_by_framework("onnx")
         self.model = frontend.convert(frontend.load(str(path)))
-        self.core = ov.Core()
-        self.config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
         if precision:
-            self.config["INFERENCE_PRECISION_HINT"] = precision
-        self.requests = {}
-        compiled = self.core.compile_model(self.model, "CPU", self.config)  # the precision the CPU plugin chose
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = StaticShapeModel(core, self.model, config)
+        compiled = core.compile_model(self.model, "CPU", config)  # the precision the CPU plugin chose
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         framework = self.model.get_rt_info()
         framework = framework["framework"] if "framework" in framework else {}  # the ONNX metadata_props
@@ -95,13 +95,7 @@ class OpenVinoSession:
 
     def run(self, output_names, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         (array,) = feed.values()
-        request = self.requests.get(array.shape)
-        if request is None:
-            model = self.model.clone()
-            model.reshape(list(array.shape))
-            request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
-            self.requests[array.shape] = request
-        return [request.infer({0: array}, share_inputs=True)[0]]  # outputs are copied (share_outputs=False)
+        return [self.compiled.infer(array)]
 
     def get_inputs(self):
         return [SimpleNamespace(name=self.model.inputs[0].get_any_name())]

@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import OptionError
 from ..layers import fold_batch_norms
 from ..models import is_model
+from ..openvino_cpu import StaticShapeModel
 from .evaluate import load_model, load_shipped
 
 # The preprocessing the teacher must share with the student: it sees the same tensors.
@@ -84,8 +85,8 @@ def _torch_teacher(teacher: nn.Module, device: torch.device, channels_last: bool
 
 class OpenVinoTeacher(nn.Module):
     """A folded teacher compiled by OpenVINO for the CPU: ``forward`` takes the student's batch (any layout,
-    float) and returns float32 logits. One static-shape model is compiled per batch shape (the last batch of an
-    epoch may be smaller), as static shapes run faster than a dynamic batch.
+    float) and returns float32 logits; one static-shape model per batch shape (the last batch of an epoch may be
+    smaller).
 
     Args:
         teacher: the torch teacher, in eval mode; converted once, then no longer needed.
@@ -100,33 +101,23 @@ class OpenVinoTeacher(nn.Module):
         except ImportError:
             raise ImportError("OpenVINO is not installed (pip install 'compactnets[onnx]')") from None
         size = tuple(teacher.pretrained_cfg["input_size"])
-        self.core = ov.Core()
         with warnings.catch_warnings():  # its TorchScript trace: torch's deprecation notice is not the user's
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
-            self.model = ov.convert_model(teacher, example_input=torch.zeros(2, *size))
-        self.config = {
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",  # for the check; then the run's precision
-        }
-        self.requests = {}
+            model = ov.convert_model(teacher, example_input=torch.zeros(2, *size))
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
+        self.compiled = StaticShapeModel(core, model, {**config, "INFERENCE_PRECISION_HINT": "f32"})
         x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             expected = teacher(x)
         worst = (self(x) - expected).abs().max().item() / expected.abs().max().clamp_min(1e-12).item()
         if not worst <= TEACHER_CHECK_RTOL:
             raise ValueError(f"OpenVINO's logits differ from torch's by {worst:.2g} of the largest (f32)")
-        self.config["INFERENCE_PRECISION_HINT"], self.requests = precision, {}
+        self.compiled = StaticShapeModel(core, model, {**config, "INFERENCE_PRECISION_HINT": precision})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(images.detach().float().cpu().numpy())  # NCHW, whatever the tensor's layout
-        request = self.requests.get(array.shape)
-        if request is None:
-            model = self.model.clone()
-            model.reshape(list(array.shape))
-            request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
-            self.requests[array.shape] = request
-        return torch.from_numpy(request.infer({0: array}, share_inputs=True)[0])  # a copy (share_outputs=False)
+        return torch.from_numpy(self.compiled.infer(array))
 
 
 def _flat(v):
