@@ -292,7 +292,25 @@ def test_eval_reports_tta_and_bn_reestimation_apart(run_cli, tmp_path):
     tta = json.loads(stdout)
     assert plain["tta"] == "none" and tta["tta"] == "flip"  # the averaging itself: the test above
     status, stdout, err = run_cli("eval", "--checkpoint", out, "--limit", "100", "--bn-reestimate", "200")
-    assert status == 0 and "re-estimated on 200 training images" in err and "Acc@1" in stdout
+    assert status == 0 and "re-estimated on 200 training images (seed 0)" in err and "Acc@1" in stdout
+
+
+def test_eval_bn_seed_picks_the_sample_and_the_runs_seed_gives_its_statistics(run_cli, tmp_path):
+    """The checkpoint of an evaluated epoch holds the statistics the run re-estimated on --bn-reestimate images
+    drawn with its --seed; eval with that seed (and batch size) recomputes them, another seed other ones."""
+    out = tmp_path / "run"
+    common = ["--bn-reestimate", "100", "--batch-size", "50", "--json"]
+    run = [*TINY, "--steps", "5", "--eval-limit", "100", "--no-progress", "--seed", "3"]  # every training image
+    assert run_cli("train", *run, *common[:-1], "--output", out)[0] == 0
+    rows = {}
+    for seed in (None, 3, 4):
+        bn = ["--bn-seed", str(seed), *common] if seed is not None else ["--json"]
+        status, stdout, err = run_cli("eval", "--checkpoint", out, "--data", "embedded", "--limit", "100", *bn)
+        assert status == 0, err
+        rows[seed] = json.loads(stdout)
+    assert rows[3]["bn_seed"] == 3 and "bn_seed" not in rows[None]
+    assert rows[3]["loss"] == pytest.approx(rows[None]["loss"], abs=1e-5)  # the run's own statistics
+    assert abs(rows[4]["loss"] - rows[None]["loss"]) > 1e-4  # another sample, other statistics
 
 
 # --- stopping and resuming --------------------------------------------------------------------------------------

@@ -117,9 +117,9 @@ def _eval(args, parser, argv):
 
         train_split = build_eval_loader(
             model.pretrained_cfg, args.data, args.dataset, "train", args.batch_size, args.workers,
-            args.bn_reestimate, classes=getattr(model, "class_names", None), match=args.match_classes,
+            args.bn_reestimate, args.bn_seed, classes=getattr(model, "class_names", None), match=args.match_classes,
         )  # fmt: skip
-        _note(f"batch-norm statistics re-estimated on {len(train_split.dataset)} training images")
+        _note(f"batch-norm statistics re-estimated on {len(train_split.dataset)} training images (seed {args.bn_seed})")
         reestimate_bn(model, train_split, device, channels_last=channels_last)
     progress = Progress(not args.no_progress, "eval", args.log_interval)
     result = evaluate(model, loader, device, channels_last=channels_last, progress=progress, tta=args.tta)
@@ -134,6 +134,7 @@ def _eval(args, parser, argv):
         "split": args.split,
         "tta": args.tta,
         "bn_reestimate": args.bn_reestimate,
+        **({"bn_seed": args.bn_seed} if args.bn_reestimate else {}),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
         "top1_err": round(100 - result["top1"], 4),
         "top5_err": round(100 - result["top5"], 4),
@@ -539,6 +540,11 @@ def _eval_args(p):
     p.add_argument(
         "--bn-reestimate", type=int, metavar="N",
         help="first recompute the batch-norm statistics on N images of the training split of --data",
+    )  # fmt: skip
+    p.add_argument(
+        "--bn-seed", type=int, default=0, metavar="S",
+        help="which random N images --bn-reestimate takes (train --bn-reestimate takes those of the run's --seed; "
+        "another S shows how much the figure depends on the sample)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
