@@ -153,6 +153,22 @@ def test_without_openvino_auto_falls_back_to_torch_and_openvino_is_refused(run_c
 
 
 @needs_openvino
+def test_a_teacher_openvino_cannot_take_stays_in_torch_with_the_reason_on_one_line(run_cli, tmp_path, monkeypatch):
+    import openvino
+
+    def convert_model(*args, **kwargs):  # OpenVINO's own messages run over several lines
+        raise RuntimeError("Exception from src/frontends/pytorch/src/frontend.cpp:123:\n\nunsupported op: aten::odd\n")
+
+    monkeypatch.setattr(openvino, "convert_model", convert_model)
+    student = compactnets.create_model("nin_xnornet")
+    teacher, line = load_teacher("nin", student, torch.device("cpu"), True, "auto", "bf16")
+    assert not isinstance(teacher, OpenVinoTeacher) and line == "teacher on torch (auto: unsupported op: aten::odd)"
+    status, _, err = run_cli("train", *SMALL_RUN, "--teacher", "nin", "--teacher-runtime", "openvino",
+                             "--output", tmp_path / "x")  # fmt: skip
+    assert status == 2 and err == "compactnets train: error: --teacher-runtime openvino: unsupported op: aten::odd\n"
+
+
+@needs_openvino
 def test_a_distilled_run_from_before_the_openvino_teacher_resumes_with_torch(run_cli, tmp_path):
     """A run whose options lack --teacher-runtime was distilled by torch: resumed, it stays so (an exact
     resume); a newer run keeps the runtime it recorded."""

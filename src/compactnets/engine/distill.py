@@ -69,10 +69,11 @@ def load_teacher(
             try:
                 return OpenVinoTeacher(teacher, precision), f"teacher on OpenVINO in {precision}"
             except Exception as e:  # ImportError, or a model OpenVINO cannot convert or computes differently
+                # OpenVINO's messages run over many lines, the last one saying what failed
+                reason = [line for line in str(e).splitlines() if line.strip()][-1] if str(e).strip() else repr(e)
                 if runtime == "openvino":
-                    raise OptionError(f"--teacher-runtime openvino: {e}") from None
-                fallback = f"teacher on torch (auto: {e})"
-                return _torch_teacher(teacher, device, channels_last), fallback
+                    raise OptionError(f"--teacher-runtime openvino: {reason}") from None
+                return _torch_teacher(teacher, device, channels_last), f"teacher on torch (auto: {reason})"
     return _torch_teacher(teacher, device, channels_last), "teacher on torch"
 
 
