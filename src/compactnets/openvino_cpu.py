@@ -1,5 +1,5 @@
 """OpenVINO on the CPU with static shapes: one model compiled per input shape seen, shared by the ONNX runner
-(``eval``/``predict``/``bench --runtime openvino``) and the distillation teacher of ``train``.
+(``eval``/``predict --runtime openvino``, ``bench --backend openvino``) and the distillation teacher of ``train``.
 
 Static shapes run faster than a dynamic batch: OpenVINO ran ``micronet_m0_cifar`` at batch 1 in 2.2x the time with
 the batch left dynamic (0.96 vs 0.44 ms, 1 thread, Xeon with AMX).
