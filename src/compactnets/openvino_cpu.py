@@ -10,6 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def failure_reason(error: Exception) -> str:
+    """The line of an OpenVINO error that says what failed: its messages run over several lines, the first ones
+    naming the C++ source of the check."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else repr(error)
+
+
 class StaticShapeModel:
     """``model`` (an ``openvino.Model``) compiled for the CPU with ``config``, once per input shape.
 

@@ -21,7 +21,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import PREPROCESSING_KEYS, check_class_names, check_preprocessing
 from ..errors import CheckpointError
-from ..openvino_cpu import StaticShapeModel
+from ..openvino_cpu import StaticShapeModel, failure_reason
 from . import DeployError, example_input, inference_form
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -259,7 +259,6 @@ def load_onnx(path: str | Path, threads: int | None = None, runtime: str = "onnx
     except Exception as e:  # the runtimes raise their own Fail/InvalidProtobuf/GeneralFailure types
         if type(e).__module__.startswith("onnxruntime"):
             raise DeployError(f"{path} is not a model onnxruntime can run: {str(e).splitlines()[0]}") from e
-        if type(e).__module__.startswith("openvino"):  # its first lines name the C++ source of the check
-            reason = [line for line in str(e).splitlines() if line.strip()][-1]
-            raise DeployError(f"{path} is not a model openvino can run: {reason}") from e
+        if type(e).__module__.startswith("openvino"):
+            raise DeployError(f"{path} is not a model openvino can run: {failure_reason(e)}") from e
         raise

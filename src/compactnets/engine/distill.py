@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import OptionError
 from ..layers import fold_batch_norms
 from ..models import is_model
-from ..openvino_cpu import StaticShapeModel
+from ..openvino_cpu import StaticShapeModel, failure_reason
 from .evaluate import load_model, load_shipped
 
 # The preprocessing the teacher must share with the student: it sees the same tensors.
@@ -69,8 +69,7 @@ def load_teacher(
             try:
                 return OpenVinoTeacher(teacher, precision), f"teacher on OpenVINO in {precision}"
             except Exception as e:  # ImportError, or a model OpenVINO cannot convert or computes differently
-                # OpenVINO's messages run over many lines, the last one saying what failed
-                reason = [line for line in str(e).splitlines() if line.strip()][-1] if str(e).strip() else repr(e)
+                reason = failure_reason(e)
                 if runtime == "openvino":
                     raise OptionError(f"--teacher-runtime openvino: {reason}") from None
                 return _torch_teacher(teacher, device, channels_last), f"teacher on torch (auto: {reason})"
