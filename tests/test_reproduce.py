@@ -189,6 +189,10 @@ def test_rows_train_resume_and_tabulate(run_cli, tmp_path):
 
     status, stdout, _ = run_cli("reproduce", recipe, "--output", out, "--epochs", "2")
     assert status == 0 and "2 epochs already in" in stdout
+    for checkpoint in ("last.pth", "best.pth"):  # a finished run as the repository keeps it: log and options
+        (out / "tiny" / checkpoint).unlink()
+    status, stdout, _ = run_cli("reproduce", recipe, "--output", out, "--epochs", "2")
+    assert status == 0 and "2 epochs already in" in stdout
 
 
 def test_a_stop_signal_saves_the_running_row_and_stops_the_table(tmp_path):

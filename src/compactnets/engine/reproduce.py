@@ -81,14 +81,24 @@ def train_command(row: TableRow, out: Path, data: str | None, epochs: int | None
     return cmd + (["--epochs", str(epochs)] if epochs else []) + ["--no-progress"]
 
 
-def run_row(row: TableRow, out: Path, data: str | None, epochs: int | None) -> int:
-    """Train one row (in its own process) unless its run already has the epochs; the exit status."""
+def _epochs_done(out: Path) -> tuple[int, int | None]:
+    """(epochs a run folder holds, the epochs it was started for): from ``last.pth``, or, for a finished run kept
+    without its checkpoints (the repository keeps only what resumes an unfinished run), its log and options."""
     if (out / "last.pth").is_file():
         state = Checkpoint.read(out / "last.pth").training
-        target = epochs or state["args"].get("epochs")
-        if state["epoch"] >= target:
-            print(f"{row.name}: {state['epoch']} epochs already in {out}")
-            return 0
+        return state["epoch"], state["args"].get("epochs")
+    log = read_log(out / "log.csv")
+    if not log or not (out / "args.json").is_file():
+        return 0, None
+    return int(log[-1]["epoch"]), json.loads((out / "args.json").read_text()).get("epochs")
+
+
+def run_row(row: TableRow, out: Path, data: str | None, epochs: int | None) -> int:
+    """Train one row (in its own process) unless its run already has the epochs; the exit status."""
+    done, started_for = _epochs_done(out)
+    if done and done >= (epochs or started_for):
+        print(f"{row.name}: {done} epochs already in {out}")
+        return 0
     cmd = train_command(row, out, data, epochs)
     print(f"{row.name}: {shlex.join(cmd)}", flush=True)
     return _train_in_child([sys.executable, "-m", "compactnets", *cmd[1:]])
