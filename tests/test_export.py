@@ -23,6 +23,7 @@ from compactnets.deploy.onnx import export_onnx, load_onnx
 
 @pytest.mark.parametrize("name", every_model())
 def test_every_model_exports_with_a_dynamic_batch_and_matches_pytorch(name, tmp_path):
+    torch.manual_seed(0)  # a random binary net can have a pre-sign value within rounding of zero: one fixed draw
     model = compactnets.create_model(name).eval()
     randomize_bn(model)
     size = small_input_size(model)
