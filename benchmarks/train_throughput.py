@@ -13,8 +13,10 @@ the same cores, which is what the fast path saves on a CPU.
     python benchmarks/train_throughput.py --paths fast --models nin_xnornet --teacher nin.cifar10jpeg_cpu60
     python benchmarks/train_throughput.py --paths fast --models nin_xnornet --teacher nin.cifar10jpeg_cpu60 \
         --teacher-runtimes torch openvino
+    python benchmarks/train_throughput.py --paths fast --models resnet32_s8u1_cifar10 --forwards eager compiled
 
-With several ``--teacher-runtimes`` each is a variant of its own, interleaved with the others like the paths.
+With several ``--teacher-runtimes`` or ``--forwards`` each is a variant of its own, interleaved with the others like
+the paths (a compiled forward is compiled during the warm-up, as ``train --compile`` does once per process).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def endless(data):
         yield from data.train
 
 
-def make_run(model_name: str, path: str, argv: list[str], iters: int, device: torch.device):
+def make_run(model_name: str, path: str, argv: list[str], iters: int, device: torch.device, compiled: bool = False):
     """A function that trains one chunk on ``path``'s batches and returns the images it trained on."""
     args = add_train_args(argparse.ArgumentParser()).parse_args(
         [*argv, "--model", model_name, "--fast-data", "on" if path == "fast" else "off", "--eval-every", "0"]
@@ -78,11 +80,12 @@ def make_run(model_name: str, path: str, argv: list[str], iters: int, device: to
     if args.teacher:
         teacher, note = load_teacher(args.teacher, model, device, True, args.teacher_runtime, amp)
     batches = endless(data)
+    forward = torch.compile(model, dynamic=False) if compiled else model
 
     def run() -> int:
         stats = train_one_epoch(
             model, optimizer, scheduler, Chunk(batches, iters), device, args, None, autocast,
-            Progress(False, ""), teacher=teacher,
+            Progress(False, ""), teacher=teacher, forward=forward,
         )  # fmt: skip
         assert stats["loss"] == stats["loss"], "the loss is NaN"
         return iters * args.batch_size
@@ -108,6 +111,10 @@ def main() -> None:
         help="what runs the teacher's forward: each runtime is a variant, interleaved",
     )  # fmt: skip
     parser.add_argument(
+        "--forwards", nargs="+", choices=("eager", "compiled"), default=["eager"],
+        help="the training forward as it is, or through torch.compile (train --compile): each a variant, interleaved",
+    )  # fmt: skip
+    parser.add_argument(
         "--paths",
         nargs="+",
         choices=PATHS,
@@ -126,9 +133,12 @@ def main() -> None:
     runtimes = opts.teacher_runtimes if opts.teacher else ["torch"]
     for name in opts.models:
         runs, notes = {}, {}
-        for path, runtime in itertools.product(opts.paths, runtimes):
-            variant = path if len(runtimes) == 1 else f"{path}, {runtime}"
-            run, description, amp = make_run(name, path, [*argv, "--teacher-runtime", runtime], opts.iters, device)
+        for path, runtime, forward in itertools.product(opts.paths, runtimes, opts.forwards):
+            varied = [runtime] * (len(runtimes) > 1) + [forward] * (len(opts.forwards) > 1)
+            variant = ", ".join([path, *varied])
+            run, description, amp = make_run(
+                name, path, [*argv, "--teacher-runtime", runtime], opts.iters, device, forward == "compiled"
+            )
             runs[variant], notes[variant] = run, description
         for run in runs.values():  # warm-up: first batches, workers started, kernels chosen
             run()

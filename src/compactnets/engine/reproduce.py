@@ -215,6 +215,7 @@ def row_result(row: TableRow, out: Path) -> dict:
         "device": options.get("device_resolved") or "not recorded",
         "precision": options.get("amp_resolved") or options.get("amp"),
         "data_path": "fast path" if options.get("fast_data_resolved") == "on" else "DataLoader",
+        "compiled": bool(options.get("compile")),
         "data": describe_data(options.get("data")),
         "command": shlex.join(command),
     }
@@ -267,7 +268,8 @@ def markdown_table(results: list[dict]) -> str:
                 command += f", measured as {m['weights']} weights with {m['bn']} BN statistics (row {m['run']})"
             cells += [
                 f"{_fmt(r['best_top1'])} ({_fmt(r['best_epoch'], 'd')})", _fmt(r["last_top1"]), _views(r), epochs,
-                _train_time(r), r["device"], f"{precision}, {r['data_path']}", r["data"], command,
+                _train_time(r), r["device"], f"{precision}, {r['data_path']}{', compiled' * r['compiled']}", r["data"],
+                command,
             ]  # fmt: skip
         lines.append("| " + " | ".join(cells + [""] * (len(header) - len(cells))) + " |")
     return "\n".join(lines) + "\n"

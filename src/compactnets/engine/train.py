@@ -140,6 +140,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--amp", choices=AMP_CHOICES, default="auto", help="autocast precision (auto: bf16 where the device is fast)"
     )
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC memory format")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="the training forward through torch.compile (Inductor fuses batch norm, ReLU and adds: "
+                   "1.3x on the shared-bases ResNets on a CPU); compiles once per process and batch shape (about "
+                   "a minute on 2 cores); evaluation stays eager")  # fmt: skip
     g = parser.add_argument_group("averaging, distillation, batch-norm statistics")
     g.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=False,
                    help="keep an EMA of the weights (timm's ModelEmaV3); evaluations and the best checkpoint "
@@ -268,13 +272,16 @@ def _stop_if_diverged(first_bad: torch.Tensor, bad_value: torch.Tensor, first_st
 def train_one_epoch(
     model, optimizer, scheduler, batches, device, args, scaler, autocast, progress, *,
     first_step: int = 0, start_step: int = 0, stats: list | None = None, teacher=None, ema=None, checkpoints=None,
+    forward=None,
 ) -> dict:  # fmt: skip
     """One pass over ``batches``: a whole epoch, or its rest after ``start_step`` steps when a run resumes inside
     it (``stats`` then holds the sums of those steps). A non-finite loss stops training (FloatingPointError naming
     the step, counted from ``first_step``) before the epoch's weights can be saved. ``teacher``: distil from its
     logits; ``ema``: update the moving average after each step; ``checkpoints``: a :class:`StepCheckpoints` asked
-    after each step whether a mid-epoch checkpoint is due."""
+    after each step whether a mid-epoch checkpoint is due; ``forward``: what computes the logits, ``model``
+    compiled (default ``model``)."""
     model.train()
+    forward = model if forward is None else forward
     auxiliary_loss = getattr(_unwrap(model), "auxiliary_loss", None)
     # loss sum, correct, count, aux sum
     stats = torch.tensor(stats or [0.0] * 4, dtype=torch.float64, device=device)
@@ -289,7 +296,7 @@ def train_one_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         with autocast:
-            logits = model(images)
+            logits = forward(images)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
             if teacher is not None:
                 with torch.no_grad():
@@ -472,6 +479,8 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     if dist_info.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     evaluated = ema.module if ema is not None else _unwrap(model)  # the weights each evaluation measures
+    # Static shapes: one graph for the batch size, one for an epoch's smaller last batch.
+    forward = torch.compile(model, dynamic=False) if _check_compile(args, device) else model
 
     out = Path(args.output)
     ckpt, start_epoch, start_step, best, best_epoch = None, 0, 0, None, None
@@ -514,7 +523,8 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         f"{args.model}: {n_params:,} params | data {data} ({training_data.num_train} train images, "
         f"{len(classes)} classes) | {args.epochs} epochs x {iters_per_epoch} iterations | {device} | out {out}"
     )
-    log(f"data: {training_data.description} | precision: {amp_dtype or torch.float32} ({amp_reason})")
+    compiled = " | forward compiled (torch.compile, once per batch shape)" if forward is not model else ""
+    log(f"data: {training_data.description} | precision: {amp_dtype or torch.float32} ({amp_reason}){compiled}")
     levers = _levers_line(args, dist_info.world_size)
     if levers:
         log(levers)
@@ -672,7 +682,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
                     train_stats = train_one_epoch(
                         model, optimizer, scheduler, training_data.batches_from(step0), device, phase.args,
                         scaler, autocast, progress, first_step=epoch * iters_per_epoch, start_step=step0,
-                        stats=stats0, teacher=teacher, ema=ema,
+                        stats=stats0, teacher=teacher, ema=ema, forward=forward,
                         checkpoints=StepCheckpoints(
                             interval_s, signals,
                             functools.partial(save_inside, epoch, index, optimizer, scheduler, lr, clock),
@@ -689,6 +699,23 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             f"checkpoints in {out}/ (last.pth, best.pth), log {out}/log.csv"
         )
     return {"final": metrics, "best_top1": best, "best_epoch": best_epoch, "output": str(out)}
+
+
+def _check_compile(args: argparse.Namespace, device: torch.device) -> bool:
+    """Whether to compile the training forward; on the CPU, Inductor's C++ compiler must exist (else it would
+    fail at the first step with a long trace)."""
+    if not args.compile or device.type != "cpu":
+        return args.compile
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception:
+        raise OptionError(
+            "--compile on the CPU needs the C++ compiler torch.compile's Inductor builds with (none found: "
+            "install g++ or set CXX), or train with --no-compile"
+        ) from None
+    return True
 
 
 def _model_ema(model: nn.Module, args: argparse.Namespace):
