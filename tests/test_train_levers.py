@@ -59,6 +59,56 @@ def test_reestimate_bn_gives_the_exact_statistics_of_the_batches():
     assert reestimate_bn(nn.Linear(2, 2), batches, torch.device("cpu")) == 0  # nothing to re-estimate
 
 
+@pytest.mark.parametrize("fast_data", ["on", "off"])
+def test_bn_images_are_one_fixed_draw_of_the_training_augmentation(fast_data):
+    """--bn-augment train: the run's N images cropped and flipped as training does, the same draw before every
+    evaluation; none: the images as evaluation sees them. The same N images either way."""
+    from compactnets.engine.distributed import DistInfo
+    from compactnets.engine.loaders import build_training_data
+
+    def bn_batches(augment):
+        args = add_train_args(argparse.ArgumentParser()).parse_args(
+            ["--bn-reestimate", "60", "--batch-size", "25", "--fast-data", fast_data, "--bn-augment", augment]
+        )
+        data = build_training_data(args, get_model_cfg("nin"), "embedded", "cifar", DistInfo(), torch.device("cpu"),
+                                   print)  # fmt: skip
+        return data.bn_batches
+
+    def images(batches):
+        pairs = [(x, y) for xs, ys in batches for x, y in zip(xs, ys, strict=True)]
+        return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+
+    augmented, plain = bn_batches("train"), bn_batches("none")
+    (first, labels), (again, _), (clean, clean_labels) = images(augmented), images(augmented), images(plain)
+    assert len(first) == len(clean) == 60 and torch.equal(first, again)  # one fixed draw
+    assert sorted(labels.tolist()) == sorted(clean_labels.tolist())  # the same sample (the order may differ)
+    assert not torch.equal(first.sort(0).values, clean.sort(0).values)  # not the clean images in another order
+    # each is a 32 x 32 crop of one of the clean images of its class, or of its mirror image, padded by 4 black pixels
+    cfg = get_model_cfg("nin")
+    black = (-torch.tensor(cfg["mean"]) / torch.tensor(cfg["std"]))[:, None, None]
+    for image, label in zip(first, labels, strict=True):
+        crops = []
+        for candidate in clean[clean_labels == label]:
+            for view in (candidate, candidate.flip(-1)):
+                padded = black.expand(3, 40, 40).clone()
+                padded[:, 4:36, 4:36] = view
+                crops += [padded[:, dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)]
+        assert min((crop - image).abs().max().item() for crop in crops) < 1e-5
+
+
+def test_a_run_from_before_bn_augment_resumes_with_un_augmented_statistics(run_cli, tmp_path):
+    out = tmp_path / "run"
+    status, stdout, err = run_cli("train", *SMALL_RUN, "--epochs", "1", "--bn-reestimate", "50", "--output", out)
+    assert status == 0 and "re-estimated on 50 training images (augmented as in training)" in stdout, err
+    assert json.loads((out / "args.json").read_text())["bn_augment"] == "train"
+    ckpt = load_file(out / "last.pth")
+    del ckpt["args"]["bn_augment"]
+    save_atomic(ckpt, out / "last.pth")
+    status, stdout, err = run_cli("train", "--resume", out, "--epochs", "2")
+    assert status == 0 and "re-estimated on 50 training images (un-augmented)" in stdout, err
+    assert json.loads((out / "args.json").read_text())["bn_augment"] == "none"
+
+
 # --- distillation ---------------------------------------------------------------------------------------------
 
 
@@ -308,14 +358,15 @@ def test_eval_reports_tta_and_bn_reestimation_apart(run_cli, tmp_path):
     tta = json.loads(stdout)
     assert plain["tta"] == "none" and tta["tta"] == "flip"  # the averaging itself: the test above
     status, stdout, err = run_cli("eval", "--checkpoint", out, "--limit", "100", "--bn-reestimate", "200")
-    assert status == 0 and "re-estimated on 200 training images (seed 0)" in err and "Acc@1" in stdout
+    assert status == 0 and "Acc@1" in stdout
+    assert "re-estimated on 200 training images (cifar augmentation, seed 0)" in err
 
 
 def test_eval_bn_seed_picks_the_sample_and_the_runs_seed_gives_its_statistics(run_cli, tmp_path):
     """The checkpoint of an evaluated epoch holds the statistics the run re-estimated on --bn-reestimate images
     drawn with its --seed; eval with that seed (and batch size) recomputes them, another seed other ones."""
     out = tmp_path / "run"
-    common = ["--bn-reestimate", "100", "--batch-size", "50", "--json"]
+    common = ["--bn-reestimate", "100", "--bn-augment", "none", "--batch-size", "50", "--json"]
     run = [*TINY, "--steps", "5", "--eval-limit", "100", "--no-progress", "--seed", "3"]  # every training image
     assert run_cli("train", *run, *common[:-1], "--output", out)[0] == 0
     rows = {}
@@ -327,6 +378,13 @@ def test_eval_bn_seed_picks_the_sample_and_the_runs_seed_gives_its_statistics(ru
     assert rows[3]["bn_seed"] == 3 and "bn_seed" not in rows[None]
     assert rows[3]["loss"] == pytest.approx(rows[None]["loss"], abs=1e-5)  # the run's own statistics
     assert abs(rows[4]["loss"] - rows[None]["loss"]) > 1e-4  # another sample, other statistics
+    # with the training augmentation (eval's default) the same images give other statistics, and say so
+    augmented = [arg for arg in common if arg not in ("--bn-augment", "none")]
+    status, stdout, err = run_cli("eval", "--checkpoint", out, "--data", "embedded", "--limit", "100", "--bn-seed",
+                                  "3", *augmented)  # fmt: skip
+    row = json.loads(stdout)
+    assert status == 0 and row["bn_augment"] == "train" and rows[3]["bn_augment"] == "none"
+    assert abs(row["loss"] - rows[3]["loss"]) > 1e-4 and "cifar augmentation" in err
 
 
 # --- stopping and resuming --------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ def _train(args, parser, argv):
             defaults.pop(one_off, None)
         defaults.setdefault("fast_data", "off")  # a run from before the fast path keeps its DataLoader batches
         defaults.setdefault("teacher_runtime", "torch")  # and one from before the OpenVINO teacher its torch teacher
+        defaults.setdefault("bn_augment", "none")  # and one from before --bn-augment its un-augmented statistics
         defaults["output"] = str(resume_checkpoint_path(args.resume).parent)
     elif args.recipe:
         defaults = recipe_defaults(parser, args.recipe)
@@ -93,7 +94,7 @@ def _eval(args, parser, argv):
     import torch
 
     from .engine.distributed import resolve_device
-    from .engine.evaluate import build_eval_loader, checkpoint_path, evaluate
+    from .engine.evaluate import build_bn_loader, build_eval_loader, checkpoint_path, evaluate
     from .engine.progress import Progress
 
     _at_least(args, 1, "batch-size", "limit", "log-interval", "bn-reestimate")
@@ -115,11 +116,15 @@ def _eval(args, parser, argv):
     if args.bn_reestimate:
         from .engine.batchnorm import reestimate_bn
 
-        train_split = build_eval_loader(
-            model.pretrained_cfg, args.data, args.dataset, "train", args.batch_size, args.workers,
-            args.bn_reestimate, args.bn_seed, classes=getattr(model, "class_names", None), match=args.match_classes,
+        cfg = model.pretrained_cfg
+        augment = ("cifar" if cfg["input_size"][-1] <= 64 else "imagenet") if args.bn_augment == "train" else None
+        train_split = build_bn_loader(
+            cfg, args.data, args.dataset, args.batch_size, args.workers, args.bn_reestimate, args.bn_seed, augment,
+            classes=getattr(model, "class_names", None), match=args.match_classes,
         )  # fmt: skip
-        _note(f"batch-norm statistics re-estimated on {len(train_split.dataset)} training images (seed {args.bn_seed})")
+        how = f"{augment} augmentation" if augment else "un-augmented"
+        _note(f"batch-norm statistics re-estimated on {len(train_split.dataset)} training images ({how}, seed "
+              f"{args.bn_seed})")  # fmt: skip
         reestimate_bn(model, train_split, device, channels_last=channels_last)
     progress = Progress(not args.no_progress, "eval", args.log_interval)
     result = evaluate(model, loader, device, channels_last=channels_last, progress=progress, tta=args.tta)
@@ -134,7 +139,7 @@ def _eval(args, parser, argv):
         "split": args.split,
         "tta": args.tta,
         "bn_reestimate": args.bn_reestimate,
-        **({"bn_seed": args.bn_seed} if args.bn_reestimate else {}),
+        **({"bn_seed": args.bn_seed, "bn_augment": args.bn_augment} if args.bn_reestimate else {}),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
         "top1_err": round(100 - result["top1"], 4),
         "top5_err": round(100 - result["top5"], 4),
@@ -510,6 +515,7 @@ def _checkpoint_args(p):
 
 def _eval_args(p):
     from .data.datasets import KINDS
+    from .engine.batchnorm import BN_AUGMENT_CHOICES
 
     _checkpoint_args(p)
     p.add_argument("--data", help="dataset folder (default: the embedded CIFAR-10 subset)")
@@ -543,8 +549,13 @@ def _eval_args(p):
     )  # fmt: skip
     p.add_argument(
         "--bn-seed", type=int, default=0, metavar="S",
-        help="which random N images --bn-reestimate takes (train --bn-reestimate takes those of the run's --seed; "
-        "another S shows how much the figure depends on the sample)",
+        help="which random N images --bn-reestimate takes, and their crops and flips (train --bn-reestimate takes "
+        "those of the run's --seed; another S shows how much the figure depends on the sample)",
+    )  # fmt: skip
+    p.add_argument(
+        "--bn-augment", choices=BN_AUGMENT_CHOICES, default="train",
+        help="the images --bn-reestimate sees: train: with the training augmentation (crop and flip; the draw differs "
+        "from a fast-path run's own), none: as evaluation does (the same statistics as train --bn-augment none)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")

@@ -111,6 +111,27 @@ def _cifar_dir(root: Path, marker: str, subdir: str) -> Path | None:
     return None
 
 
+class SeededSamples(Dataset):
+    """``dataset`` whose random transforms draw from a generator seeded by (seed, epoch, sample index): the
+    augmentation of a sample depends on nothing else (not on the worker count, nor on the random numbers the model
+    drew before), so a run resumed inside an epoch loads exactly the batches it would have loaded."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.classes = dataset.classes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 100_000_007 + index)
+            return self.dataset[index]
+
+
 class RelabelledDataset(Dataset):
     """``dataset`` with each label ``t`` replaced by ``mapping[t]`` (its class in another class list)."""
 

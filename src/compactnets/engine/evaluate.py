@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import DataError, ImageReadError, build_dataset, eval_transform, load_rgb_image
+from ..data import DataError, ImageReadError, build_dataset, eval_transform, load_rgb_image, train_transform
 from ..data.classes import match_classes
-from ..data.datasets import RelabelledDataset, subset_indices
+from ..data.datasets import RelabelledDataset, SeededSamples, subset_indices
 from ..models import Checkpoint, create_model, dataset_class_names
 from .distributed import DistInfo, ShardSampler, all_reduce_sum
 
@@ -66,14 +66,16 @@ def label_names(model: nn.Module) -> list[str]:
 
 
 def build_eval_dataset(
-    cfg: dict, data=None, kind=None, split="test", limit=None, seed=0, classes=None, match="name", note=None
-) -> Dataset:
+    cfg: dict, data=None, kind=None, split="test", limit=None, seed=0, classes=None, match="name", note=None,
+    transform=None,
+) -> Dataset:  # fmt: skip
     """The evaluation split with its labels mapped by class name to ``classes`` (the model's; see
-    :func:`~compactnets.data.classes.match_classes`), or taken as they are with ``match='index'``."""
+    :func:`~compactnets.data.classes.match_classes`), or taken as they are with ``match='index'``; ``transform``:
+    other than the evaluation's (resize, centre crop, normalise)."""
     from ..data import detect_kind
 
     kind = kind or detect_kind(data)
-    dataset = build_dataset(data, split, eval_transform(cfg), kind)
+    dataset = build_dataset(data, split, transform or eval_transform(cfg), kind)
     num_classes = len(classes) if classes else cfg["num_classes"]
     if match == "index":
         if len(dataset.classes) > num_classes:
@@ -113,6 +115,22 @@ def build_eval_loader(
         num_workers=default_workers(kind) if workers is None else workers,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def build_bn_loader(
+    cfg: dict, data, kind, batch_size: int, workers, limit: int, seed: int, augment: str | None, classes=None,
+    match="name",
+) -> DataLoader:  # fmt: skip
+    """``limit`` random training images (drawn by ``seed``) for re-estimating batch-norm statistics, in one fixed
+    draw (by ``seed``) of the ``augment`` training augmentation, or as the evaluation sees them (``None``)."""
+    from ..data import detect_kind
+
+    kind = kind or detect_kind(data)
+    transform = train_transform(cfg, augment) if augment else None
+    dataset = build_eval_dataset(cfg, data, kind, "train", limit, seed, classes, match, transform=transform)
+    if augment:
+        dataset = SeededSamples(dataset, seed)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=default_workers(kind) if workers is None else workers)
 
 
 TTA_CHOICES = ("none", "flip")

@@ -6,8 +6,9 @@ torchvision pipeline gives: images of the model's input size, at most 64 px, tha
 uses the DataLoader. Either way the training batches of an epoch depend only on the seed and the epoch, so a run
 resumed inside an epoch continues with the very batches it would have drawn.
 
-``--bn-reestimate N`` adds ``bn_batches``: a fixed random subset of N training images, without augmentation
-(as the evaluation sees images), for :func:`~compactnets.engine.batchnorm.reestimate_bn`.
+``--bn-reestimate N`` adds ``bn_batches``: a fixed random subset of N training images, for
+:func:`~compactnets.engine.batchnorm.reestimate_bn`, in one fixed draw of the training augmentation
+(``--bn-augment train``, the default) or as the evaluation sees them (``none``).
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data import build_dataset, train_transform
 from ..data.classes import match_classes
-from ..data.datasets import check_images_readable, subset_indices
+from ..data.datasets import SeededSamples, check_images_readable, subset_indices
 from ..data.memory import DecodedSplit, DeviceBatches, FastDataUnavailable, check_fast_path, decode_split
 from .distributed import DistInfo
-from .evaluate import build_eval_loader, default_workers, limit_dataset
+from .evaluate import build_bn_loader, build_eval_loader, default_workers, limit_dataset
 
 FAST_DATA_CHOICES = ("auto", "on", "off")
 
@@ -102,9 +103,12 @@ def _fast_data(args, cfg, kind, augment, dist_info: DistInfo, device, log) -> Tr
             test_split, batch_size=args.eval_batch_size or args.batch_size, train=False, **common
         )
     bn_batches = None
-    if args.bn_reestimate:  # the same subset on every rank: every rank's statistics agree
+    if args.bn_reestimate:  # the same subset and draw on every rank: every rank's statistics agree
         subset = train_split.select(subset_indices(len(train_split), args.bn_reestimate, args.seed))
-        bn_batches = DeviceBatches(subset, batch_size=args.batch_size, train=False, cfg=cfg, device=device)
+        augmented = args.bn_augment == "train"  # one fixed draw of the crops and flips: set_epoch is never called
+        bn_batches = DeviceBatches(
+            subset, batch_size=args.batch_size, train=augmented, augment=augment, cfg=cfg, device=device, seed=args.seed
+        )
     description = f"fast path: uint8 tensors on {device}, batched augmentation"
     return TrainingData(train, evaluation, train_split.classes, train.length, description, bn_batches=bn_batches)
 
@@ -117,27 +121,6 @@ def _labelled_like(split: DecodedSplit, classes: list[str], log) -> DecodedSplit
     if mapping is None:
         return split
     return DecodedSplit(split.images, torch.tensor(mapping)[split.targets], list(classes))
-
-
-class SeededSamples(Dataset):
-    """``dataset`` whose random transforms draw from a generator seeded by (seed, epoch, sample index): the
-    augmentation of a sample depends on nothing else (not on the worker count, nor on the random numbers the model
-    drew before), so a run resumed inside an epoch loads exactly the batches it would have loaded."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-        self.classes = dataset.classes
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 100_000_007 + index)
-            return self.dataset[index]
 
 
 def _dataloaders(args, cfg, kind, augment, dist_info: DistInfo, device, log) -> TrainingData:
@@ -167,9 +150,9 @@ def _dataloaders(args, cfg, kind, augment, dist_info: DistInfo, device, log) -> 
         check_images_readable(eval_loader.dataset)
     bn_batches = None
     if args.bn_reestimate:
-        bn_batches = build_eval_loader(
-            cfg, args.data, kind, "train", args.batch_size, workers, args.bn_reestimate, args.seed,
-            classes=list(train_set.classes),
+        bn_batches = build_bn_loader(
+            cfg, args.data, kind, args.batch_size, workers, args.bn_reestimate, args.seed,
+            augment if args.bn_augment == "train" else None, classes=list(train_set.classes),
         )  # fmt: skip
     return TrainingData(
         train_loader, eval_loader, list(train_set.classes), len(train_set),

@@ -48,7 +48,7 @@ from ..data.datasets import KINDS
 from ..data.transforms import AUGMENTATIONS
 from ..errors import OptionError
 from ..models import Checkpoint, create_model, get_model_cfg, parse_model_kwargs
-from .batchnorm import reestimate_bn
+from .batchnorm import BN_AUGMENT_CHOICES, reestimate_bn
 from .distill import TEACHER_RUNTIMES, distillation_loss, load_teacher
 from .distributed import device_description, init_distributed, resolve_device, shutdown_distributed
 from .evaluate import evaluate
@@ -164,6 +164,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--bn-reestimate", type=int, default=0, metavar="N",
         help="before each evaluation, recompute the batch-norm statistics on N training images (0: off)",
     )  # fmt: skip
+    g.add_argument("--bn-augment", choices=BN_AUGMENT_CHOICES, default="train",
+                   help="the images --bn-reestimate sees: train: as training sees them (one fixed draw of its "
+                   "crops and flips); none: as evaluation does")  # fmt: skip
     g.add_argument("--views-every-eval", action="store_true",
                    help="measure the EMA and the raw weights with running and re-estimated BN statistics at every "
                    "evaluation (views.json), not only after the last epoch")  # fmt: skip
@@ -744,7 +747,10 @@ def _levers_line(args: argparse.Namespace, world_size: int) -> str:
         parts.append(f"distilling from {args.teacher} (weight {args.distill_weight:g}, T {args.distill_temperature:g}, "
                      f"{args.teacher_runtime_resolved})")  # fmt: skip
     if args.bn_reestimate:
-        parts.append(f"BN statistics re-estimated on {args.bn_reestimate} training images before each evaluation")
+        how = "augmented as in training" if args.bn_augment == "train" else "un-augmented"
+        parts.append(
+            f"BN statistics re-estimated on {args.bn_reestimate} training images ({how}) before each evaluation"
+        )
     return "levers: " + "; ".join(parts) if parts else ""
 
 
