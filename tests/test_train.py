@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import compactnets
 from compactnets.checkpoint import load_file, save_atomic
@@ -271,28 +272,39 @@ def test_mixed_precision_and_clipping_train(run_cli, tmp_path, amp):
     assert math.isfinite(float(_read_log(out)[0]["train_loss"]))
 
 
-def test_compiled_forward_trains_as_the_eager_one(run_cli, tmp_path):
-    """--compile: the same run (fp32, deterministic) gives the eager run's losses and weights, to rounding, with an
-    epoch's smaller last batch (its own graph); args.json records it, a resumed run keeps it."""
-    common = [*TINY, "--train-limit", "120", "--batch-size", "50", "--eval-limit", "50", "--epochs", "1", "--amp",
-              "none", "--deterministic", "--no-progress"]  # fmt: skip
-    runs = {}
-    for compiled in (False, True):
-        out = tmp_path / str(compiled)
-        status, stdout, err = run_cli("train", *common, *(["--compile"] if compiled else []), "--output", out)
-        assert status == 0, err
-        assert ("forward compiled" in stdout) == compiled
-        assert json.loads((out / "args.json").read_text())["compile"] == compiled
-        runs[compiled] = _read_log(out)[0], load_file(out / "last.pth")["state_dict"]
-    (eager_row, eager), (compiled_row, compiled) = runs[False], runs[True]
-    assert float(compiled_row["train_loss"]) == pytest.approx(float(eager_row["train_loss"]), rel=1e-4)
-    assert float(compiled_row["eval_loss"]) == pytest.approx(float(eager_row["eval_loss"]), rel=1e-4)
-    # Fused kernels sum in another order: 2e-5 at most here, where 3 steps at lr 0.1 moved the BN biases (zero at
-    # first) by about 1e-3; a wrong gradient would differ by that much.
-    for key, value in eager.items():
-        assert torch.allclose(compiled[key].float(), value.float(), rtol=0, atol=1e-4), key
-    status, stdout, _ = run_cli("train", "--resume", tmp_path / "True", "--epochs", "2")
-    assert status == 0 and "forward compiled" in stdout
+def test_compiled_forward_gives_the_eager_loss_and_gradients():
+    """What --compile trains with: the loss and the gradients of a training step (batch norms in train mode,
+    channels-last) equal the eager ones. In float64, where the fused kernels' other summation order cannot hide a
+    difference in the maths (in float32 the first layers' gradients differ by up to 0.6 % of the largest)."""
+    torch.manual_seed(0)
+    model = compactnets.create_model("nin", num_classes=10, channels=[16] * 8).double().train()
+    model.to(memory_format=torch.channels_last)
+    images = torch.randn(20, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    targets = torch.randint(0, 10, (20,))
+    steps = {}
+    for name, forward in (("eager", model), ("compiled", torch.compile(model, dynamic=False))):
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(forward(images), targets)
+        loss.backward()
+        steps[name] = loss.item(), {k: p.grad.clone() for k, p in model.named_parameters()}
+    (eager_loss, eager), (compiled_loss, compiled) = steps["eager"], steps["compiled"]
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-12)
+    scale = max(g.abs().max().item() for g in eager.values())
+    for key, grad in eager.items():
+        assert (compiled[key] - grad).abs().max().item() <= 1e-10 * scale, key
+
+
+def test_compile_trains_records_itself_and_resumes(run_cli, tmp_path):
+    """train --compile: an epoch with a smaller last batch (a graph of its own), args.json records it, a resumed
+    run keeps it."""
+    out = tmp_path / "run"
+    status, stdout, err = run_cli("train", *TINY, "--train-limit", "120", "--batch-size", "50", "--eval-limit", "50",
+                                  "--epochs", "1", "--compile", "--output", out, "--no-progress")  # fmt: skip
+    assert status == 0 and "forward compiled" in stdout, err
+    assert json.loads((out / "args.json").read_text())["compile"] is True
+    assert math.isfinite(float(_read_log(out)[0]["train_loss"]))
+    status, stdout, err = run_cli("train", "--resume", out, "--epochs", "2")
+    assert status == 0 and "forward compiled" in stdout and len(_read_log(out)) == 2, err
 
 
 def test_compile_without_a_cpp_compiler_is_one_line(run_cli, tmp_path, monkeypatch):

@@ -37,6 +37,13 @@ def _read_log(run):
         return list(csv.DictReader(f))
 
 
+def _as_if_from_before(run, option: str) -> None:
+    """Make ``run`` look like a run started before ``option`` existed: its checkpoint's options lack it."""
+    ckpt = load_file(run / "last.pth")
+    del ckpt["args"][option]
+    save_atomic(ckpt, run / "last.pth")
+
+
 def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -101,9 +108,7 @@ def test_a_run_from_before_bn_augment_resumes_with_un_augmented_statistics(run_c
     status, stdout, err = run_cli("train", *SMALL_RUN, "--epochs", "1", "--bn-reestimate", "50", "--output", out)
     assert status == 0 and "re-estimated on 50 training images (augmented as in training)" in stdout, err
     assert json.loads((out / "args.json").read_text())["bn_augment"] == "train"
-    ckpt = load_file(out / "last.pth")
-    del ckpt["args"]["bn_augment"]
-    save_atomic(ckpt, out / "last.pth")
+    _as_if_from_before(out, "bn_augment")
     status, stdout, err = run_cli("train", "--resume", out, "--epochs", "2")
     assert status == 0 and "re-estimated on 50 training images (un-augmented)" in stdout, err
     assert json.loads((out / "args.json").read_text())["bn_augment"] == "none"
@@ -228,9 +233,7 @@ def test_a_distilled_run_from_before_the_openvino_teacher_resumes_with_torch(run
     assert json.loads((out / "args.json").read_text())["teacher_runtime"] == "auto"
     status, stdout, err = run_cli("train", "--resume", out, "--epochs", "2")
     assert status == 0 and "teacher on OpenVINO in" in stdout, err
-    ckpt = load_file(out / "last.pth")
-    del ckpt["args"]["teacher_runtime"]
-    save_atomic(ckpt, out / "last.pth")
+    _as_if_from_before(out, "teacher_runtime")
     status, stdout, err = run_cli("train", "--resume", out, "--epochs", "3")
     assert status == 0 and "T 1, teacher on torch)" in stdout, err
     assert json.loads((out / "args.json").read_text())["teacher_runtime_resolved"] == "teacher on torch"

@@ -114,10 +114,11 @@ def _eval(args, parser, argv):
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if args.bn_reestimate:
+        from .data import default_augment
         from .engine.batchnorm import reestimate_bn
 
         cfg = model.pretrained_cfg
-        augment = ("cifar" if cfg["input_size"][-1] <= 64 else "imagenet") if args.bn_augment == "train" else None
+        augment = default_augment(cfg) if args.bn_augment == "train" else None
         train_split = build_bn_loader(
             cfg, args.data, args.dataset, args.batch_size, args.workers, args.bn_reestimate, args.bn_seed, augment,
             classes=getattr(model, "class_names", None), match=args.match_classes,

@@ -52,6 +52,11 @@ def eval_transform(cfg: dict) -> T.Compose:
     )
 
 
+def default_augment(cfg: dict) -> str:
+    """The training augmentation a model's input size calls for: CIFAR's padded crop up to 64 px, else ImageNet's."""
+    return "cifar" if cfg["input_size"][-1] <= 64 else "imagenet"
+
+
 def train_transform(cfg: dict, augment: str = "cifar", color_jitter: float = 0.0, hflip: float = 0.5) -> T.Compose:
     crop = cfg["input_size"][-1]
     if augment == "cifar":

@@ -9,7 +9,7 @@ batch norms in train mode (every other module in eval mode, so dropout stays off
 The images are best seen as training sees them (``BN_AUGMENT_CHOICES``: ``train``, as detectron2's PreciseBN
 hook feeds fvcore's ``update_bn_stats`` the training loader): the weights learnt to work with the statistics of
 augmented batches. The final raw weights of a 10-epoch ``nin_xnornet`` scored 72.73 with their running statistics,
-71.30-71.65 re-estimated on three samples of un-augmented images, 72.99-73.60 on four augmented draws
+71.30-72.43 re-estimated on four samples of un-augmented images, 72.91-73.48 on four augmented draws
 (docs/training.md).
 """
 

@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import CheckpointError, load_state_dict_checked, plain
-from ..data import detect_kind
+from ..data import default_augment, detect_kind
 from ..data.datasets import KINDS
 from ..data.transforms import AUGMENTATIONS
 from ..errors import OptionError
@@ -455,7 +455,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     # Data first: the number of classes comes from the dataset.
     cfg = get_model_cfg(args.model)
     kind = args.dataset or detect_kind(args.data)
-    augment = args.augment or ("cifar" if cfg["input_size"][-1] <= 64 else "imagenet")
+    augment = args.augment or default_augment(cfg)
     training_data = build_training_data(args, cfg, kind, augment, dist_info, device, log)
     train_loader, eval_loader, classes = training_data.train, training_data.eval, training_data.classes
     num_classes = args.num_classes or len(classes)
