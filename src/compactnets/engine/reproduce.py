@@ -268,8 +268,8 @@ def markdown_table(results: list[dict]) -> str:
                 command += f", measured as {m['weights']} weights with {m['bn']} BN statistics (row {m['run']})"
             cells += [
                 f"{_fmt(r['best_top1'])} ({_fmt(r['best_epoch'], 'd')})", _fmt(r["last_top1"]), _views(r), epochs,
-                _train_time(r), r["device"], f"{precision}, {r['data_path']}{', compiled' * r['compiled']}", r["data"],
-                command,
+                _train_time(r), r["device"], f"{precision}, {r['data_path']}" + (", compiled" if r["compiled"] else ""),
+                r["data"], command,
             ]  # fmt: skip
         lines.append("| " + " | ".join(cells + [""] * (len(header) - len(cells))) + " |")
     return "\n".join(lines) + "\n"
