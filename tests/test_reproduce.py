@@ -177,6 +177,11 @@ def test_rows_train_resume_and_tabulate(run_cli, tmp_path):
     assert row["recipe_epochs"] == 1 and row["data"].startswith("embedded CIFAR-10 subset")
     assert row["command"] == f"compactnets train --recipe {recipe} --output {out / 'tiny'} --epochs 2"
     assert row["device"].startswith("cpu (") and row["data_path"] == "fast path"
+    segments = json.loads((out / "tiny" / "args.json").read_text())["segments"]  # one per process, where it began
+    assert [(s["epoch"], s["step"], s["device"], s["compiled"]) for s in segments] == [
+        (0, 0, row["device"], False),
+        (1, 0, row["device"], False),
+    ]
     assert row["train_time_s"] == pytest.approx(sum(float(r["epoch_time_s"]) for r in log), abs=0.05)
     assert row["cpu_time_s"] == pytest.approx(sum(float(r["epoch_cpu_s"]) for r in log), abs=0.05)
     assert row["cpu_time_s"] > 0 and row["cpu_time_epochs"] == 2 and row["views"] == []  # no EMA, no re-estimation
@@ -193,6 +198,40 @@ def test_rows_train_resume_and_tabulate(run_cli, tmp_path):
         (out / "tiny" / checkpoint).unlink()
     status, stdout, _ = run_cli("reproduce", recipe, "--output", out, "--epochs", "2")
     assert status == 0 and "2 epochs already in" in stdout
+
+
+def test_a_run_resumed_on_another_machine_names_each_with_its_epochs(run_cli, tmp_path):
+    """The table's device and precision of a run trained partly on one CPU, partly on another: each with its
+    epochs (the epoch split between them in both); a process that saved nothing before the next began is left
+    out; a run from before segments were recorded: the device of its options."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    header = "epoch,lr,train_loss,train_top1,aux_loss,eval_loss,eval_top1,eval_top5,best_top1,epoch_time_s"
+    rows = [f"{e},0.1,1.0,50.0,,1.0,{40 + e},90.0,{40 + e},10.0" for e in range(1, 6)]
+    (run / "log.csv").write_text("\n".join([header, *rows]) + "\n")
+    xeon, epyc = "cpu (Intel Xeon, 2 threads)", "cpu (AMD EPYC, 2 threads)"
+    segments = [
+        {"epoch": 0, "step": 0, "device": xeon, "precision": "bf16", "compiled": True},
+        {"epoch": 2, "step": 0, "device": xeon, "precision": "bf16", "compiled": True},  # resumed on the same CPU
+        {"epoch": 2, "step": 144, "device": epyc, "precision": "none", "compiled": True},
+        {"epoch": 4, "step": 10, "device": epyc, "precision": "none", "compiled": True},  # stopped before saving
+        {"epoch": 4, "step": 10, "device": epyc, "precision": "none", "compiled": True},
+    ]
+    options = {"model": "nin", "epochs": 5, "compile": True, "fast_data_resolved": "on", "segments": segments}
+    (run / "args.json").write_text(json.dumps(options))
+    assert run_cli("reproduce", recipe, "--output", run.parent, "--table-only")[0] == 0
+    (row,) = json.loads((run.parent / "results.json").read_text())
+    assert row["device"] == f"{xeon} (epochs 1-3); {epyc} (epochs 3-5)"
+    assert row["precision"] == "bf16 (epochs 1-3); fp32 (epochs 3-5)" and row["compiled"] == "compiled"
+    assert f"| {row['device']} | {row['precision']}, fast path, compiled |" in (run.parent / "results.md").read_text()
+
+    del options["segments"]
+    (run / "args.json").write_text(json.dumps({**options, "device_resolved": epyc, "amp_resolved": "none"}))
+    assert run_cli("reproduce", recipe, "--output", run.parent, "--table-only")[0] == 0
+    (row,) = json.loads((run.parent / "results.json").read_text())
+    assert (row["device"], row["precision"], row["compiled"]) == (epyc, "fp32", "compiled")
 
 
 def test_a_stop_signal_saves_the_running_row_and_stops_the_table(tmp_path):

@@ -36,7 +36,7 @@ from ..errors import ReproduceError
 from ..models import Checkpoint, TableRow, get_model_cfg, published_tables
 from .interrupt import STOP_SIGNALS, TrainingInterrupted
 from .recipes import RecipeError, list_recipes, read_recipe
-from .run_folder import read_log, views_by_epoch
+from .run_folder import read_log, stretches, views_by_epoch
 
 RESULTS = "results"
 # libjpeg's luminance quantisation table (ITU T.81 Annex K), scaled by the quality setting.
@@ -212,13 +212,33 @@ def row_result(row: TableRow, out: Path) -> dict:
         "train_time_s": round(sum(float(r["epoch_time_s"]) for r in log), 1),
         "cpu_time_s": round(sum(cpu), 1) if cpu else None,
         "cpu_time_epochs": len(cpu),
-        "device": options.get("device_resolved") or "not recorded",
-        "precision": options.get("amp_resolved") or options.get("amp"),
+        "device": _by_stretch(options, epochs_run, "device") or "not recorded",
+        "precision": _by_stretch(options, epochs_run, "precision", _PRECISION.get)
+        or _PRECISION.get(options.get("amp"), options.get("amp")),
         "data_path": "fast path" if options.get("fast_data_resolved") == "on" else "DataLoader",
-        "compiled": bool(options.get("compile")),
+        "compiled": _by_stretch(options, epochs_run, "compiled", _COMPILED.get)
+        or _COMPILED[bool(options.get("compile"))],
         "data": describe_data(options.get("data")),
         "command": shlex.join(command),
     }
+
+
+_PRECISION = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}  # --amp's resolved values as the table names them
+_COMPILED = {True: "compiled", False: "eager"}
+
+
+def _by_stretch(options: dict, epochs_run: int, field: str, show=str) -> str | None:
+    """One of how the run trained (device, precision, compiled) in words: the value, or, where a resume on
+    another machine changed it, each value with its epochs ("A (epochs 1-29); B (epochs 29-60)")."""
+    parts = stretches(options, epochs_run, field)
+    if len(parts) <= 1:
+        return show(parts[0][0]) if parts else None
+    return "; ".join(f"{show(value)} (epochs {first}-{last})" for value, first, last in parts)
+
+
+def _how(r: dict) -> str:
+    """The precision, data path and (where it was) compilation cell."""
+    return f"{r['precision']}, {r['data_path']}" + (f", {r['compiled']}" if r["compiled"] != "eager" else "")
 
 
 def _fmt(value, spec=".2f") -> str:
@@ -261,15 +281,13 @@ def markdown_table(results: list[dict]) -> str:
         else:
             epochs = f"{r['epochs_run']} / {r['recipe_epochs']}"
             epochs += f" ({r['shortens']}: {r['paper_epochs']})" if r["shortens"] else ""
-            precision = {"none": "fp32"}.get(r["precision"], r["precision"])
             command = f"`{r['command']}`"
             if "measures" in r:  # a view of another row's run
                 m = r["measures"]
                 command += f", measured as {m['weights']} weights with {m['bn']} BN statistics (row {m['run']})"
             cells += [
                 f"{_fmt(r['best_top1'])} ({_fmt(r['best_epoch'], 'd')})", _fmt(r["last_top1"]), _views(r), epochs,
-                _train_time(r), r["device"], f"{precision}, {r['data_path']}" + (", compiled" if r["compiled"] else ""),
-                r["data"], command,
+                _train_time(r), r["device"], _how(r), r["data"], command,
             ]  # fmt: skip
         lines.append("| " + " | ".join(cells + [""] * (len(header) - len(cells))) + " |")
     return "\n".join(lines) + "\n"

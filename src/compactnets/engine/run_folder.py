@@ -49,6 +49,37 @@ def write_views(out: Path, epoch: int, views: list[dict]) -> None:
     os.replace(tmp, out / VIEWS_FILE)
 
 
+def trained_on(options: dict) -> list[dict]:
+    """Where and how each process of a run trained (``segments`` of its options): the epochs done and the step
+    it started from, the device, the precision and whether the forward was compiled. A run recorded before
+    segments were: one segment, from its options (those of its last process)."""
+    if options.get("segments"):
+        return list(options["segments"])
+    if not options.get("device_resolved"):
+        return []
+    return [{"epoch": 0, "step": 0, "device": options["device_resolved"], "precision": options.get("amp_resolved"),
+             "compiled": bool(options.get("compile"))}]  # fmt: skip
+
+
+def stretches(options: dict, epochs_run: int, field: str) -> list[tuple[object, int, int]]:
+    """The run's epochs grouped by one ``field`` of its segments: ``(value, first, last)`` per stretch alike,
+    1-based and inclusive (an epoch split between two stretches is in both); a process that stopped before
+    saving a step of its own (its successor starts where it did) is left out."""
+    segments = trained_on(options)
+    out: list[tuple[object, int, int]] = []
+    for i, segment in enumerate(segments):
+        after = segments[i + 1] if i + 1 < len(segments) else None
+        if after is not None and (after["epoch"], after["step"]) == (segment["epoch"], segment["step"]):
+            continue
+        first = segment["epoch"] + 1
+        last = after["epoch"] + (1 if after["step"] else 0) if after is not None else epochs_run
+        if out and out[-1][0] == segment[field]:
+            out[-1] = (segment[field], out[-1][1], last)
+        else:
+            out.append((segment[field], first, last))
+    return out
+
+
 LOCK_FILE = ".lock"
 
 

@@ -57,7 +57,7 @@ from .loaders import FAST_DATA_CHOICES, build_training_data
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
 from .precision import AMP_CHOICES, resolve_amp
 from .progress import Progress
-from .run_folder import RunFolder, read_log, resume_checkpoint_path, write_views
+from .run_folder import RunFolder, read_log, resume_checkpoint_path, trained_on, write_views
 
 DEFAULT_MODEL = "nin"
 LOG_FIELDS = (
@@ -469,6 +469,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
     if args.steps:
         args.epochs = math.ceil(args.steps / iters_per_epoch)
     amp, amp_reason = resolve_amp(args.amp, device)
+    earlier = trained_on(vars(args)) if args.resume else []  # the resumed run's processes, before this one's
     args.amp_resolved, args.device_resolved = amp, device_description(device)  # recorded in args.json
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -515,6 +516,9 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
         log(f"resuming {path} {f'at {where}' if where else f'after epoch {start_epoch}'}/{args.epochs} "
             f"(best top-1 {_fmt(best, '.2f')})")  # fmt: skip
     rows = read_log(out / "log.csv", start_epoch)
+    # Each process that trains the run, with where it started: a run resumed on another machine says so.
+    args.segments = [*earlier, {"epoch": start_epoch, "step": start_step, "device": args.device_resolved,
+                                "precision": amp, "compiled": forward is not model}]  # fmt: skip
     options = plain({k: v for k, v in vars(args).items() if not callable(v)})  # the CLI adds its handler
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
