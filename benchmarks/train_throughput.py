@@ -149,7 +149,7 @@ def main() -> None:
                 images = run()
                 rates[variant].append(images / (time.perf_counter() - start))
         median = {variant: statistics.median(r) for variant, r in rates.items()}
-        print(f"\n{name} ({amp} autocast):")
+        print(f"\n{name} ({f'{amp} autocast' if amp != 'none' else 'fp32'}):")
         for variant in runs:
             print(f"  {variant:18s} {median[variant]:7.1f} img/s (median; min {min(rates[variant]):.1f}, max "
                   f"{max(rates[variant]):.1f})  {notes[variant]}")  # fmt: skip

@@ -142,8 +142,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC memory format")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="the training forward through torch.compile (Inductor fuses batch norm, ReLU and adds: "
-                   "1.5-1.7x on the shared-bases ResNets on a 2-core CPU, nothing or slower on the NINs); compiles "
-                   "once per process and batch shape (about a minute on 2 cores); evaluation stays eager")  # fmt: skip
+                   "1.5-1.7x on the shared-bases ResNets on a 2-core CPU; on the NINs 0.7-1.4x, by model and CPU); "
+                   "compiles once per process and batch shape (about a minute on 2 cores); evaluation stays "
+                   "eager")  # fmt: skip
     g = parser.add_argument_group("averaging, distillation, batch-norm statistics")
     g.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=False,
                    help="keep an EMA of the weights (timm's ModelEmaV3); evaluations and the best checkpoint "
