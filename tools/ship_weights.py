@@ -20,7 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from compactnets.engine.precision import PRECISION_IN_WORDS
 from compactnets.engine.recipes import recipe_defaults
+from compactnets.engine.run_folder import stretches_in_words
 from compactnets.engine.train import add_train_args
 from compactnets.models import Checkpoint
 from compactnets.models._registry import SHIPPED_MANIFEST
@@ -53,6 +55,7 @@ def main() -> None:
         if differ:
             raise SystemExit(f"{args.run} did not follow {args.recipe}: " + ", ".join(
                 f"{k} = {run} (recipe: {want})" for k, (want, run) in sorted(differ.items())))  # fmt: skip
+    epochs = state["epoch"]
     weights = "EMA of the final weights" if args.ema else "final weights"
     if run_args.get("bn_reestimate"):  # the file holds the statistics the run measured its weights with
         weights += f", BN statistics re-estimated on {run_args['bn_reestimate']} training images"
@@ -63,10 +66,13 @@ def main() -> None:
         "weights": weights,
         "data": f"{DATA} (CIFAR-10 re-encoded as JPEG quality 75)",
         "command": f"compactnets train --recipe {recipe} --data {DATA}" if recipe else "see args.json of the run",
+        # the CPU and precision the run trained on (each with its epochs where a resume changed them)
+        "device": stretches_in_words(run_args, epochs, "device") or "not recorded",
+        "precision": stretches_in_words(run_args, epochs, "precision", PRECISION_IN_WORDS.get) or "not recorded",
     }
     out = SHIPPED_MANIFEST.parent / f"{ckpt.arch}.{args.tag}.safetensors"
     (ckpt.ema() if args.ema else ckpt).save(out, metadata=provenance)
-    print(f"{out} ({out.stat().st_size / 1e6:.2f} MB): {ckpt.arch}, {provenance['weights']} of {state['epoch']} epochs")
+    print(f"{out} ({out.stat().st_size / 1e6:.2f} MB): {ckpt.arch}, {provenance['weights']} of {epochs} epochs")
 
     command = [sys.executable, "-m", "compactnets", "eval", "--checkpoint", str(out), "--data", args.data]
     measured = json.loads(subprocess.run([*command, "--json", "--no-progress"], check=True, capture_output=True,

@@ -12,6 +12,7 @@ import torch
 from ..cpu import cpu_flags
 
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+PRECISION_IN_WORDS = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}  # a resolved --amp as tables name it
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 

@@ -35,8 +35,9 @@ from ..data.datasets import EMBEDDED_FILE, detect_kind
 from ..errors import ReproduceError
 from ..models import Checkpoint, TableRow, get_model_cfg, published_tables
 from .interrupt import STOP_SIGNALS, TrainingInterrupted
+from .precision import PRECISION_IN_WORDS
 from .recipes import RecipeError, list_recipes, read_recipe
-from .run_folder import read_log, stretches, views_by_epoch
+from .run_folder import read_log, stretches_in_words, views_by_epoch
 
 RESULTS = "results"
 # libjpeg's luminance quantisation table (ITU T.81 Annex K), scaled by the quality setting.
@@ -212,28 +213,18 @@ def row_result(row: TableRow, out: Path) -> dict:
         "train_time_s": round(sum(float(r["epoch_time_s"]) for r in log), 1),
         "cpu_time_s": round(sum(cpu), 1) if cpu else None,
         "cpu_time_epochs": len(cpu),
-        "device": _by_stretch(options, epochs_run, "device") or "not recorded",
-        "precision": _by_stretch(options, epochs_run, "precision", _PRECISION.get)
-        or _PRECISION.get(options.get("amp"), options.get("amp")),
+        "device": stretches_in_words(options, epochs_run, "device") or "not recorded",
+        "precision": stretches_in_words(options, epochs_run, "precision", PRECISION_IN_WORDS.get)
+        or PRECISION_IN_WORDS.get(options.get("amp"), options.get("amp")),
         "data_path": "fast path" if options.get("fast_data_resolved") == "on" else "DataLoader",
-        "compiled": _by_stretch(options, epochs_run, "compiled", _COMPILED.get)
+        "compiled": stretches_in_words(options, epochs_run, "compiled", _COMPILED.get)
         or _COMPILED[bool(options.get("compile"))],
         "data": describe_data(options.get("data")),
         "command": shlex.join(command),
     }
 
 
-_PRECISION = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}  # --amp's resolved values as the table names them
 _COMPILED = {True: "compiled", False: "eager"}
-
-
-def _by_stretch(options: dict, epochs_run: int, field: str, show=str) -> str | None:
-    """One of how the run trained (device, precision, compiled) in words: the value, or, where a resume on
-    another machine changed it, each value with its epochs ("A (epochs 1-29); B (epochs 29-60)")."""
-    parts = stretches(options, epochs_run, field)
-    if len(parts) <= 1:
-        return show(parts[0][0]) if parts else None
-    return "; ".join(f"{show(value)} (epochs {first}-{last})" for value, first, last in parts)
 
 
 def _how(r: dict) -> str:

@@ -80,6 +80,15 @@ def stretches(options: dict, epochs_run: int, field: str) -> list[tuple[object, 
     return out
 
 
+def stretches_in_words(options: dict, epochs_run: int, field: str, show=str) -> str | None:
+    """One of how the run trained (device, precision, compiled) in words: the value, or, where a resume on
+    another machine changed it, each value with its epochs ("A (epochs 1-29); B (epochs 29-60)")."""
+    parts = stretches(options, epochs_run, field)
+    if len(parts) <= 1:
+        return show(parts[0][0]) if parts else None
+    return "; ".join(f"{show(value)} (epochs {first}-{last})" for value, first, last in parts)
+
+
 LOCK_FILE = ".lock"
 
 
