@@ -167,6 +167,9 @@ def _number(value: str) -> float | None:
     return float(value) if value not in ("", None) else None
 
 
+_COMPILED = {True: "compiled", False: "eager"}  # the training forward, as the table names it
+
+
 def row_result(row: TableRow, out: Path) -> dict:
     recipe = read_recipe(row.recipe)
     model = row.model or recipe["train"]["model"]
@@ -222,9 +225,6 @@ def row_result(row: TableRow, out: Path) -> dict:
         "data": describe_data(options.get("data")),
         "command": shlex.join(command),
     }
-
-
-_COMPILED = {True: "compiled", False: "eager"}
 
 
 def _how(r: dict) -> str:
