@@ -11,7 +11,7 @@ ones, never an epoch picked by its test accuracy; the figures are measured, neve
 
 ``--recipe`` names the recipe a run followed when it was started with the options themselves (its args.json has
 no recipe): every value of the recipe must equal the run's, except where either leaves the choice to the run
-(a recipe's "auto", a run's unset option): those are printed.
+(a recipe's "auto", a run's unset option, the model of a recipe that several rows share): those are printed.
 """
 
 import argparse
@@ -28,6 +28,13 @@ from compactnets.models import Checkpoint
 from compactnets.models._registry import SHIPPED_MANIFEST
 
 DATA = "../shared/data/cifar10"
+
+
+def _train_command(recipe: str, arch: str) -> str:
+    """The command that trains these weights: the recipe, and the model where the recipe's own is another."""
+    command = f"compactnets train --recipe {recipe} --data {DATA}"
+    recipe_model = recipe_defaults(add_train_args(argparse.ArgumentParser()), recipe).get("model")
+    return command + (f" --model {arch}" if recipe_model != arch else "")
 
 
 def main() -> None:
@@ -48,7 +55,8 @@ def main() -> None:
         if args.recipe != recipe:
             raise SystemExit(f"{args.run} followed recipe {recipe}, not {args.recipe}")
         values = recipe_defaults(add_train_args(argparse.ArgumentParser()), args.recipe)
-        open_choices = {k for k, v in values.items() if v == "auto" or run_args.get(k) is None}
+        # "model" too: a recipe of several table rows (shared_bases_cifar10_cpu) trains each with --model
+        open_choices = {k for k, v in values.items() if v == "auto" or run_args.get(k) is None or k == "model"}
         differ = {k: (v, run_args[k]) for k, v in values.items() if k not in open_choices and run_args[k] != v}
         print(f"{args.recipe}: resolved by the run, not compared: " + ", ".join(
             f"{k} = {run_args.get(k)} (recipe: {values[k]})" for k in sorted(open_choices)))  # fmt: skip
@@ -65,7 +73,7 @@ def main() -> None:
         "epochs": str(run_args["epochs"]),
         "weights": weights,
         "data": f"{DATA} (CIFAR-10 re-encoded as JPEG quality 75)",
-        "command": f"compactnets train --recipe {recipe} --data {DATA}" if recipe else "see args.json of the run",
+        "command": _train_command(recipe, ckpt.arch) if recipe else "see args.json of the run",
         # the CPU and precision the run trained on (each with its epochs where a resume changed them)
         "device": stretches_in_words(run_args, epochs, "device") or "not recorded",
         "precision": stretches_in_words(run_args, epochs, "precision", PRECISION_IN_WORDS.get) or "not recorded",
