@@ -49,6 +49,11 @@ def write_views(out: Path, epoch: int, views: list[dict]) -> None:
     os.replace(tmp, out / VIEWS_FILE)
 
 
+def segment(epoch: int, step: int, device: str, precision: str | None, compiled: bool) -> dict:
+    """One process of a run, as ``segments`` of its options records it: where it started and how it trained."""
+    return {"epoch": epoch, "step": step, "device": device, "precision": precision, "compiled": compiled}
+
+
 def trained_on(options: dict) -> list[dict]:
     """Where and how each process of a run trained (``segments`` of its options): the epochs done and the step
     it started from, the device, the precision and whether the forward was compiled. A run recorded before
@@ -57,8 +62,7 @@ def trained_on(options: dict) -> list[dict]:
         return list(options["segments"])
     if not options.get("device_resolved"):
         return []
-    return [{"epoch": 0, "step": 0, "device": options["device_resolved"], "precision": options.get("amp_resolved"),
-             "compiled": bool(options.get("compile"))}]  # fmt: skip
+    return [segment(0, 0, options["device_resolved"], options.get("amp_resolved"), bool(options.get("compile")))]
 
 
 def stretches(options: dict, epochs_run: int, field: str) -> list[tuple[object, int, int]]:

@@ -57,7 +57,7 @@ from .loaders import FAST_DATA_CHOICES, build_training_data
 from .optim import OPTIMIZERS, SCHEDULES, WD_FILTERS, create_optimizer, create_scheduler
 from .precision import AMP_CHOICES, resolve_amp
 from .progress import Progress
-from .run_folder import RunFolder, read_log, resume_checkpoint_path, trained_on, write_views
+from .run_folder import RunFolder, read_log, resume_checkpoint_path, segment, trained_on, write_views
 
 DEFAULT_MODEL = "nin"
 LOG_FIELDS = (
@@ -518,8 +518,7 @@ def _run(args: argparse.Namespace, dist_info, device: torch.device) -> dict:
             f"(best top-1 {_fmt(best, '.2f')})")  # fmt: skip
     rows = read_log(out / "log.csv", start_epoch)
     # Each process that trains the run, with where it started: a run resumed on another machine says so.
-    args.segments = [*earlier, {"epoch": start_epoch, "step": start_step, "device": args.device_resolved,
-                                "precision": amp, "compiled": forward is not model}]  # fmt: skip
+    args.segments = [*earlier, segment(start_epoch, start_step, args.device_resolved, amp, forward is not model)]
     options = plain({k: v for k, v in vars(args).items() if not callable(v)})  # the CLI adds its handler
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
