@@ -234,6 +234,53 @@ def test_a_run_resumed_on_another_machine_names_each_with_its_epochs(run_cli, tm
     assert (row["device"], row["precision"], row["compiled"]) == (epyc, "fp32", "compiled")
 
 
+def _fake_run(run, top1s: list[float], planned: int) -> None:
+    """A run folder as training leaves it: a log with a test top-1 every epoch, and its options."""
+    run.mkdir(parents=True)
+    header = "epoch,lr,train_loss,train_top1,aux_loss,eval_loss,eval_top1,eval_top5,best_top1,epoch_time_s"
+    rows = [f"{e},0.1,1.0,50.0,,1.0,{t},90.0,{max(top1s[:e])},10.0" for e, t in enumerate(top1s, 1)]
+    (run / "log.csv").write_text("\n".join([header, *rows]) + "\n")
+    (run / "args.json").write_text(json.dumps({"model": "nin", "epochs": planned, "fast_data_resolved": "on"}))
+
+
+def test_compare_puts_each_row_beside_its_run_in_another_folder(run_cli, tmp_path, monkeypatch):
+    """The evidence of a miss: a row twice as long beside the same row's shorter run, in a column of the table and
+    as a second test curve in its curves; a row the other folder lacks says so; a missing folder is one line."""
+    axes = pytest.importorskip("matplotlib.axes")
+    recipe, other = tmp_path / "tiny.toml", tmp_path / "other.toml"
+    recipe.write_text(TINY_RECIPE)
+    other.write_text(TINY_RECIPE)
+    longer, shorter = tmp_path / "longer", tmp_path / "runs"
+    _fake_run(longer / "tiny", [40.0, 50.0, 60.0, 70.0], planned=4)
+    _fake_run(longer / "other", [30.0, 35.0], planned=2)
+    _fake_run(shorter / "tiny", [45.0, 55.5], planned=2)
+    plotted = []
+    plot = axes.Axes.plot
+    monkeypatch.setattr(
+        axes.Axes, "plot", lambda ax, *a, **k: plotted.append((k.get("label"), *a[:2])) or plot(ax, *a, **k)
+    )
+
+    status, stdout, _ = run_cli("reproduce", recipe, other, "--output", longer, "--table-only", "--compare", shorter)
+    assert status == 0
+    results = {r["row"]: r for r in json.loads((longer / "results.json").read_text())}
+    assert results["tiny"]["compared"] == {
+        "output": str(shorter / "tiny"), "last_top1": 55.5, "best_top1": 55.5, "epochs_run": 2,
+    }  # fmt: skip
+    assert "compared" not in results["other"]
+    table = (longer / "results.md").read_text().splitlines()
+    assert table[0].endswith(f"| the same row in {shorter}: last top-1 (epochs run) |")
+    assert table[2].startswith("| tiny | nin |") and table[2].endswith("| 55.50 (2) |")
+    assert table[3].startswith("| other | nin |") and table[3].endswith("| not run |")
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    curves = {label: (list(x), list(y)) for label, x, y in plotted}
+    assert curves["test, 4 epochs"] == ([1, 2, 3, 4], [40.0, 50.0, 60.0, 70.0])
+    assert curves["test, 2 epochs (runs)"] == ([1, 2], [45.0, 55.5])
+    assert "test" in curves  # the other row, with no run to compare, draws its own curve alone
+
+    status, _, err = run_cli("reproduce", recipe, "--output", longer, "--table-only", "--compare", tmp_path / "none")
+    assert status == 2 and err.strip() == f"compactnets reproduce: error: --compare {tmp_path / 'none'}: no such folder"
+
+
 def test_a_stop_signal_saves_the_running_row_and_stops_the_table(tmp_path):
     """Ctrl-C (SIGINT to reproduce alone: the row trains in a session of its own, so one signal reaches it, passed
     on) lets the row save inside its epoch; reproduce writes the table, exits 130 and starts no later row."""

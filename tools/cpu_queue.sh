@@ -11,7 +11,7 @@ compactnets=.venv/bin/compactnets
 data=../shared/data/cifar10
 longer=(nin_cifar10_cpu resnet32_s8u1_cifar10_cpu nin_xnornet_cifar10_cpu)
 trap '$compactnets reproduce xnor-net-cifar10-cpu shared-bases-cifar10-cpu --table-only --output training >/dev/null
-      $compactnets reproduce "${longer[@]}" --table-only --output training/longer >/dev/null' EXIT
+      $compactnets reproduce "${longer[@]}" --table-only --output training/longer --compare training >/dev/null' EXIT
 # Finished rows are skipped (reproduce reads their log.csv and args.json).
 $compactnets reproduce nin_xnornet_cifar10_cpu nin_cifar10_cpu resnet32_s8u1_cifar10_cpu --data $data --output training
 $compactnets reproduce nin-xnornet-levers --epochs 10 --data $data --output training/levers

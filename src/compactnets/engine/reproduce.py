@@ -14,6 +14,8 @@ each way (EMA or raw weights, re-estimated or running BN statistics: the run fol
 show them along the run where it measured them at every evaluation, ``--views-every-eval``); a row
 that names another row's ``run`` trains nothing itself and reports one of those views (an ablation of the
 levers that leave the trained weights as they are).
+``--compare DIR`` puts each row beside the same row's run in another output folder (the same recipe at another
+length, say): a column of its last top-1 and epochs, and its test curve drawn in the row's ``curves.png``.
 ``--table-only`` rebuilds the table from the run folders without training. A stop signal (Ctrl-C, SIGTERM) is
 passed on to the row being trained, which saves where it is; reproduce then stops, and the same command resumes.
 """
@@ -258,12 +260,14 @@ def _views(r: dict) -> str:
     return "; ".join(cells) or "-"
 
 
-def markdown_table(results: list[dict]) -> str:
+def markdown_table(results: list[dict], compared_in: Path | None = None) -> str:
     header = (
         "row", "model", "published top-1", "best top-1 (epoch)", "last top-1",
         "final weights: EMA / raw, BN re-estimated (running)", "epochs run / recipe (paper)",
         "train time (CPU time)", "device", "precision, data path", "data", "command",
     )  # fmt: skip
+    columns = len(header)  # a row not run leaves the run's cells empty
+    header += (f"the same row in {compared_in}: last top-1 (epochs run)",) if compared_in else ()
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         cells = [r["row"], r["model"], _fmt(r["published_top1"])]
@@ -280,7 +284,11 @@ def markdown_table(results: list[dict]) -> str:
                 f"{_fmt(r['best_top1'])} ({_fmt(r['best_epoch'], 'd')})", _fmt(r["last_top1"]), _views(r), epochs,
                 _train_time(r), r["device"], _how(r), r["data"], command,
             ]  # fmt: skip
-        lines.append("| " + " | ".join(cells + [""] * (len(header) - len(cells))) + " |")
+        cells += [""] * (columns - len(cells))
+        if compared_in:
+            compared = r.get("compared")
+            cells.append(f"{_fmt(compared['last_top1'])} ({compared['epochs_run']})" if compared else "not run")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -288,8 +296,9 @@ def log_model(out: Path) -> str:
     return json.loads((out / "args.json").read_text()).get("model", "?")
 
 
-def plot_curves(out: Path, published: float | None) -> Path | None:
-    """``out/curves.png``: loss and top-1 per epoch, train and test (None without matplotlib)."""
+def plot_curves(out: Path, published: float | None, compared: Path | None = None) -> Path | None:
+    """``out/curves.png``: loss and top-1 per epoch, train and test, and the test curves of the run ``compared``
+    with it where there is one (None without matplotlib)."""
     try:
         import matplotlib
 
@@ -299,7 +308,6 @@ def plot_curves(out: Path, published: float | None) -> Path | None:
     except ImportError:
         return None
     log = read_log(out / "log.csv")
-    epochs = [int(r["epoch"]) for r in log]
     options = json.loads((out / "args.json").read_text())
     evaluated = (
         "ema" if options.get("model_ema") else "raw",
@@ -307,12 +315,19 @@ def plot_curves(out: Path, published: float | None) -> Path | None:
     )
     history = views_by_epoch(out)  # measured at every evaluation (--views-every-eval): drawn beside the test curve
     test = f"test, {evaluated[0]} weights, {evaluated[1]} BN" if len(history) > 1 else "test"
+    curves = [("train", "train", log, "-"), ("eval", test, log, "-o")]  # split, label, log, style
+    if compared is not None:
+        planned = json.loads((compared / "args.json").read_text())["epochs"]
+        curves[1:] = [
+            ("eval", f"{test}, {options['epochs']} epochs", log, "-o"),
+            ("eval", f"test, {planned} epochs ({compared.parent.name})", read_log(compared / "log.csv"), "--s"),
+        ]
     fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((loss_ax, "loss", "loss"), (top1_ax, "top1", "top-1 (%)")):
-        for split, style in (("train", "-"), ("eval", "-o")):
-            points = [(e, float(r[f"{split}_{key}"])) for e, r in zip(epochs, log, strict=True) if r[f"{split}_{key}"]]
+        for split, name, curve, style in curves:
+            points = [(int(r["epoch"]), float(r[f"{split}_{key}"])) for r in curve if r[f"{split}_{key}"]]
             if points:
-                ax.plot(*zip(*points, strict=True), style, label=test if split == "eval" else split, markersize=3)
+                ax.plot(*zip(*points, strict=True), style, label=name, markersize=3)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
@@ -340,12 +355,17 @@ def add_reproduce_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     add("--data", help="dataset folder (default: the embedded CIFAR-10 subset)")
     add("--epochs", type=int, help="train each row for this many epochs instead of its recipe's")
     add("--table-only", action="store_true", help="only rebuild the table and curves from the run folders")
+    add("--compare", metavar="DIR", help="put each row beside the same row's run in another output folder: its last "
+        "top-1 in the table, its test curve in the row's curves")  # fmt: skip
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     rows = resolve_rows(args.names)
     output = Path(args.output)
+    compared_in = Path(args.compare) if args.compare else None
+    if compared_in and not compared_in.is_dir():
+        raise ReproduceError(f"--compare {compared_in}: no such folder")
     failed, stopped = [], None
     if not args.table_only:
         runs = {}  # a run folder per row, except where a row measures another row's run
@@ -359,15 +379,21 @@ def main(args: argparse.Namespace) -> None:
             if status != 0:
                 failed.append(folder)
     results = [row_result(row, output / (row.run or row.name)) for row in rows]
+    compared = {}  # the run folder of each row's run in --compare, where it has one
+    for row, r in zip(rows, results, strict=True):
+        other = row_result(row, compared_in / (row.run or row.name)) if compared_in else {"status": "not run"}
+        if other["status"] != "not run":
+            r["compared"] = {key: other[key] for key in ("output", "last_top1", "best_top1", "epochs_run")}
+            compared[r["output"]] = Path(other["output"])
     plotted = {r["output"]: r["published_top1"] for r in results if r["status"] != "not run"}  # a run once
     for out, published in plotted.items():
-        if plot_curves(Path(out), published) is None:
+        if plot_curves(Path(out), published, compared.get(out)) is None:
             print("training curves need matplotlib: pip install 'compactnets[plot]'")
             break
     output.mkdir(parents=True, exist_ok=True)
     (output / f"{RESULTS}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (output / f"{RESULTS}.md").write_text(markdown_table(results))
-    print(markdown_table(results), end="")
+    (output / f"{RESULTS}.md").write_text(markdown_table(results, compared_in))
+    print(markdown_table(results, compared_in), end="")
     print(f"table: {output / RESULTS}.md and .json; curves: {output}/<row>/curves.png")
     if stopped:
         raise TrainingInterrupted(stopped[1], f"{stopped[0]} saved where it stopped; the same command resumes it")
