@@ -7,13 +7,13 @@ conv and torch's int8 quantized conv (oneDNN) of the same +-1 data, and the path
     PYTHONPATH=src python benchmarks/binary_inference.py --model nin_gc_xnornet
 
 Whole networks: every execution of a configuration (batch, threads) interleaved round by round (batch 1: 8 calls
-back to back per round), median per call: process CPU time with 1 thread (the latency of an idle core; steadier
-on a shared machine), wall time with more threads (CPU time would add the threads up), each execution then
-after a 5 ms pause in which the thread pools of the one before stop spinning. The goal ratios are
-printed under each table: packed / OpenVINO's fastest on the same network (goal <= 0.5) and packed / OpenVINO's
-fastest on the full-precision twin (goal <= 1.0). Layers: min wall time over interleaved rounds (as the runner's
-plan times them). Inputs: real CIFAR-10 test images (the package's subset); weights random, with BN statistics made
-non-trivial, unless ``--checkpoint`` is given.
+back to back per round), median per call and the 90th percentile of the rounds: process CPU time with 1 thread
+(the latency of an idle core; steadier on a shared machine), wall time with more threads (CPU time would add the
+threads up), each execution then after a 5 ms pause in which the thread pools of the one before stop spinning.
+The goal ratios are printed under each table: packed / OpenVINO's fastest on the same network (goal <= 0.5) and
+packed / OpenVINO's fastest on the full-precision twin (goal <= 1.0). Layers: min wall time over interleaved rounds
+(as the runner's plan times them). Inputs: real CIFAR-10 test images (the package's subset); weights random, with BN
+statistics made non-trivial, unless ``--checkpoint`` is given.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def quantized_conv(node: dict, weights: bk.KernelWeights, size: tuple):
 
 def op_table(runner, batch: int, threads: int, rounds: int = 20) -> list[str]:
     """Where a call's time goes: each op of the plan timed alone (min wall ms over rounds, on real images), their
-    sum, and the whole call (the rest: Python between the ops)."""
+    sum, and the whole call (the rest: Python between the ops); then the whole call's spread, calls back to back
+    with nothing else running (the slow ones: threads waiting for a core, e.g. while another pool spins)."""
     x = cifar10_batch(batch, runner.pretrained_cfg)
     plan = runner.plan(tuple(x.shape), threads)
     chunked = isinstance(plan, packed_plan.ChunkedPlan)
@@ -94,11 +95,19 @@ def op_table(runner, batch: int, threads: int, rounds: int = 20) -> list[str]:
             start = time.perf_counter()
             runner(x)
             whole = min(whole, time.perf_counter() - start)
+        calls = []
+        for _ in range(max(10, 400 // batch)):
+            start = time.perf_counter()
+            runner(x)
+            calls.append(time.perf_counter() - start)
     scope = f"per chunk of {ops_plan.shape[0]} images" if chunked else "per call"
     lines = [f"| op ({scope}) | ms |", "|---|---|"]
     lines += [f"| {op.name} | {1e3 * t:.3f} |" for op, t in zip(ops_plan.ops, times, strict=True)]
     lines.append(f"| sum of the ops | {1e3 * sum(times):.3f} |")
     lines.append(f"| whole call, batch {batch} | {1e3 * whole:.3f} |")
+    spread = f"whole call, {len(calls)} back to back"
+    lines.append(f"| {spread}: median | {1e3 * statistics.median(calls):.3f} |")
+    lines.append(f"| {spread}: 90th percentile | {1e3 * statistics.quantiles(calls, n=10)[-1]:.3f} |")
     return lines
 
 
@@ -189,10 +198,12 @@ def network_table(name, runners, onnx: dict, batch: int, threads: int, rounds: i
                                  settle_s=SETTLE_S if threads > 1 else 0.0)  # fmt: skip
     kind = 1 if threads == 1 else 0  # CPU time with one thread, wall time with more
     ms = {k: 1e3 * statistics.median(t[kind]) / repeat for k, t in times.items()}
+    p90 = {k: 1e3 * statistics.quantiles(t[kind], n=10)[-1] / repeat for k, t in times.items()}
     label = "CPU" if threads == 1 else "wall"
     lines = [f"batch {batch}, {threads} thread(s): median {label} ms per batch ({repeat} calls back to back per round, "
-             f"{rounds} rounds)", "| execution | ms | images/s |", "|---|---|---|"]  # fmt: skip
-    lines += [f"| {k} | {v:.3f} | {1e3 * batch / v:,.0f} |" for k, v in ms.items()]
+             f"{rounds} rounds) and the slowest rounds' (90th percentile)",
+             "| execution | ms | images/s | p90 ms |", "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {k} | {v:.3f} | {1e3 * batch / v:,.0f} | {p90[k]:.3f} |" for k, v in ms.items()]
     same = min(v for k, v in ms.items() if k.startswith(f"{name} OpenVINO"))
     fp = min(v for k, v in ms.items() if k.startswith(f"{twin} OpenVINO"))
     for precision in runners:
@@ -223,6 +234,8 @@ def main(argv=None):
     name = args.model
     model = load_model(args.checkpoint) if args.checkpoint else _randomized(name)
     print(f"{environment()}\nCPU flags: {flags_line()}; binary paths: {', '.join(bk.supported_paths())}")
+    # "bf16" takes the bf16 first-conv path untimed, so a CPU without one (no AMX, no AVX512-BF16) has no such runner
+    precisions = [p for p in packed_plan.PRECISIONS if p != "bf16" or bk.bf16_conv_paths()]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         onnx = {}
@@ -234,7 +247,7 @@ def main(argv=None):
         export_packed(model, tmp / "m.packed.safetensors", check=False)
         for threads in thread_counts:
             torch.set_num_threads(threads)
-            runners = {p: load_packed(tmp / "m.packed.safetensors", precision=p) for p in packed_plan.PRECISIONS}
+            runners = {p: load_packed(tmp / "m.packed.safetensors", precision=p) for p in precisions}
             for batch in args.batch_sizes:
                 start = time.perf_counter()
                 for runner in runners.values():

@@ -311,6 +311,27 @@ def test_worker_threads_survive_fork(packed_models):
     assert child.exitcode == 0 and abs(queue.get(timeout=5) - expected) < 1e-3  # torch's conv: 1 thread vs 2
 
 
+def test_every_share_of_a_parallel_call_runs_once_whoever_claims_it():
+    """The kernel's pool hands each share of a call to whichever thread claims it first (the caller takes those a
+    late worker has not): calls back to back with changing thread counts (workers of one call waking during the
+    next, workers left over from a larger call), some right after torch's OpenMP pool ran (it spins on the other
+    cores for milliseconds), each fill every output pixel with the one-thread values."""
+    cin, cout, size, k = 96, 130, 9, 3
+    x, w = _signs(2, cin, size, size, seed=5), _signs(cout, cin, k, k, seed=6)
+    weights = bk.prepare_weights((w < 0).permute(0, 2, 3, 1).numpy(), 1)
+    bits = bk.pack_signs(x.permute(0, 2, 3, 1), 1)
+    g = torch.Generator().manual_seed(7)
+    alpha, bias = torch.rand(cout, generator=g) + 0.1, torch.randn(cout, generator=g)
+    call = bk.conv_call(bits, weights, (k, k), (1, 1), (1, 1), (1, 1), alpha=alpha, bias=bias)
+    expected = call(1).clone()
+    a = torch.randn(256, 256)
+    for i, threads in enumerate([2, 7, 3, 1, 5, 2, 8, 4] * 25):
+        call.out.fill_(float("nan"))  # a share left out would leave NaNs
+        if i % 2:
+            torch.mm(a, a)
+        assert torch.equal(call(threads), expected), f"call {i}, {threads} threads"
+
+
 def test_runner_keeps_no_reference_to_its_output(packed_models):
     """Outputs are fresh tensors: the next call must not overwrite what the caller holds."""
     _, path = packed_models["nin_xnornet"]

@@ -96,9 +96,12 @@ typedef void (*block_fn)(const uint64_t *const *taps, int64_t ntaps, int64_t wor
 
 /* Persistent workers: starting threads per call cost tens of microseconds, as much as a whole small layer. A worker
  * spins for CN_SPIN_NS after a job (the next layer's call comes within microseconds), then sleeps on a condition
- * variable. One parallel call runs at a time; the caller takes part as index 0. `job` publishes a call as
- * (sequence << 16 | count) in one atomic word, so a worker learns whether it takes part without reading fields
- * that the next call may be rewriting. */
+ * variable. One parallel call runs at a time. `job` publishes a call as (sequence << 16 | count) in one atomic
+ * word, so a worker learns whether it takes part without reading fields that the next call may be rewriting.
+ * The shares are claimed, not assigned: the caller and the workers take the next unclaimed share from `claim`
+ * (sequence << 16 | next share) until none is left, so a worker that wakes late, or that the OS does not run
+ * because another pool spins on the other core (torch's OpenMP spins for milliseconds after each op), costs
+ * nothing: the caller runs that share instead. A worker of an earlier call cannot claim one (its sequence is old). */
 typedef void (*cn_task_fn)(void *ctx, int index, int count);
 #define CN_MAX_WORKERS 256
 #define CN_SPIN_NS 100000L
@@ -107,8 +110,8 @@ static struct {
     pthread_mutex_t call, lock;
     pthread_cond_t wake;
     int started;
-    atomic_long job;
-    atomic_int pending;
+    atomic_long job, claim;
+    atomic_int done; /* shares of this call finished */
     cn_task_fn fn;
     void *ctx;
     long first_job[CN_MAX_WORKERS];
@@ -124,6 +127,19 @@ static long cn_now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+/* Run unclaimed shares of call `sequence` until none is left. fn and ctx are the call's own while a share of it is
+ * unfinished: the caller publishes them before `claim` and returns only once every share is done. */
+static void pool_run_shares(long sequence, int count) {
+    long c = atomic_load_explicit(&pool.claim, memory_order_acquire);
+    while (c >> 16 == sequence && (int)(c & 0xffff) < count) {
+        if (atomic_compare_exchange_weak_explicit(&pool.claim, &c, c + 1, memory_order_acq_rel, memory_order_acquire)) {
+            pool.fn(pool.ctx, (int)(c & 0xffff), count);
+            atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
+            c = atomic_load_explicit(&pool.claim, memory_order_acquire);
+        }
+    }
 }
 
 static void *pool_worker(void *arg) {
@@ -142,10 +158,7 @@ static void *pool_worker(void *arg) {
         }
         seen = job;
         int count = (int)(job & 0xffff);
-        if (index < count) {
-            pool.fn(pool.ctx, index, count);
-            atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
-        }
+        if (index < count) pool_run_shares(job >> 16, count);
     }
     return NULL;
 }
@@ -161,8 +174,8 @@ static void pool_after_fork(void) { /* the child has none of the parent's worker
 
 static void pool_register_fork_handler(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
 
-/* fn(ctx, i, count) for every i in [0, count), on up to count threads; the caller runs the shares of workers that
- * could not be started, so the work is always done. */
+/* fn(ctx, i, count) for every i in [0, count), on up to count threads; the caller runs every share that no worker
+ * has claimed (of workers that could not be started too), so the work is always done. */
 static void cn_parallel(cn_task_fn fn, void *ctx, int count) {
     if (count > CN_MAX_WORKERS) count = CN_MAX_WORKERS;
     if (count <= 1) {
@@ -184,18 +197,17 @@ static void cn_parallel(cn_task_fn fn, void *ctx, int count) {
         if (failed) break;
         pool.started++;
     }
-    int workers = pool.started < count - 1 ? pool.started : count - 1;
     pool.fn = fn;
     pool.ctx = ctx;
-    atomic_store(&pool.pending, workers);
-    pthread_mutex_lock(&pool.lock);
+    atomic_store(&pool.done, 0);
     long sequence = (atomic_load(&pool.job) >> 16) + 1;
+    atomic_store_explicit(&pool.claim, sequence << 16, memory_order_release);
+    pthread_mutex_lock(&pool.lock);
     atomic_store_explicit(&pool.job, sequence << 16 | count, memory_order_release);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
-    fn(ctx, 0, count);
-    for (int i = workers + 1; i < count; i++) fn(ctx, i, count);
-    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) cn_relax();
+    pool_run_shares(sequence, count);
+    while (atomic_load_explicit(&pool.done, memory_order_acquire) < count) cn_relax();
     pthread_mutex_unlock(&pool.call);
 }
 
