@@ -40,9 +40,11 @@ resnet_rows() {
 # against train_step_compile_epyc.txt, an AMD EPYC Zen 3): such a machine takes the ResNets, a bf16 one the NINs.
 if [ "$(.venv/bin/python -c 'import torch; from compactnets.engine.precision import resolve_amp
 print(resolve_amp("auto", torch.device("cpu"))[0])')" = bf16 ]; then
+    echo "cpu_queue: this CPU has bf16: the NIN rows first"
     nin_rows
     resnet_rows
 else
+    echo "cpu_queue: this CPU has no bf16: the ResNet rows first"
     resnet_rows
     nin_rows
 fi
