@@ -260,7 +260,7 @@ def test_compare_puts_each_row_beside_its_run_in_another_folder(run_cli, tmp_pat
         axes.Axes, "plot", lambda ax, *a, **k: plotted.append((k.get("label"), *a[:2])) or plot(ax, *a, **k)
     )
 
-    status, stdout, _ = run_cli("reproduce", recipe, other, "--output", longer, "--table-only", "--compare", shorter)
+    status, _, _ = run_cli("reproduce", recipe, other, "--output", longer, "--table-only", "--compare", shorter)
     assert status == 0
     results = {r["row"]: r for r in json.loads((longer / "results.json").read_text())}
     assert results["tiny"]["compared"] == {
