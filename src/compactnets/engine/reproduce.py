@@ -172,6 +172,25 @@ def _number(value: str) -> float | None:
 _COMPILED = {True: "compiled", False: "eager"}  # the training forward, as the table names it
 
 
+def run_figures(row: TableRow, out: Path, log: list[dict]) -> dict:
+    """What a row's run in ``out`` measured (``log``: its log.csv): best test top-1 and its epoch, last top-1, the
+    epochs run and the final weights' views; for a row that measures another row's run, its view alone."""
+    evaluated = [r for r in log if _number(r["eval_top1"]) is not None]
+    best = max(evaluated, key=lambda r: float(r["eval_top1"]), default=None)
+    epochs_run = int(log[-1]["epoch"]) if log else 0
+    views = views_by_epoch(out).get(epochs_run, {})  # the final weights' (none in a run extended since)
+    last_top1 = _number(log[-1]["eval_top1"]) if log else None
+    if row.run:  # a view of the final weights only: no best epoch of its own
+        best, last_top1 = None, views[row.view]["top1"] if row.view in views else None
+    return {
+        "best_top1": best and float(best["eval_top1"]),
+        "best_epoch": best and int(best["epoch"]),
+        "last_top1": last_top1,
+        "views": list(views.values()),
+        "epochs_run": epochs_run,
+    }
+
+
 def row_result(row: TableRow, out: Path) -> dict:
     recipe = read_recipe(row.recipe)
     model = row.model or recipe["train"]["model"]
@@ -192,9 +211,8 @@ def row_result(row: TableRow, out: Path) -> dict:
         return {**result, "status": "not run"}
     options = json.loads((out / "args.json").read_text())
     log = read_log(out / "log.csv")
-    evaluated = [r for r in log if _number(r["eval_top1"]) is not None]
-    best = max(evaluated, key=lambda r: float(r["eval_top1"]), default=None)
-    epochs_run = int(log[-1]["epoch"]) if log else 0
+    figures = run_figures(row, out, log)
+    epochs_run = figures["epochs_run"]
     # Process CPU time (all threads), of the epochs that recorded it (logs written before it was kept have none).
     cpu = [float(r["epoch_cpu_s"]) for r in log if r.get("epoch_cpu_s")]
     command = ["compactnets", "train", "--recipe", row.recipe, "--output", str(out)]
@@ -202,18 +220,10 @@ def row_result(row: TableRow, out: Path) -> dict:
     command += ["--data", options["data"]] if options.get("data") else []
     command += list(row.options)
     command += ["--epochs", str(options["epochs"])] if options["epochs"] != result["recipe_epochs"] else []
-    views = views_by_epoch(out).get(epochs_run, {})  # the final weights' (none in a run extended since)
-    last_top1 = _number(log[-1]["eval_top1"]) if log else None
-    if row.run:  # a view of the final weights only: no best epoch of its own
-        best, last_top1 = None, views[row.view]["top1"] if row.view in views else None
     return {
         **result,
         "status": "done" if epochs_run >= options["epochs"] else "incomplete",
-        "best_top1": best and float(best["eval_top1"]),
-        "best_epoch": best and int(best["epoch"]),
-        "last_top1": last_top1,
-        "views": list(views.values()),
-        "epochs_run": epochs_run,
+        **figures,
         "epochs_planned": options["epochs"],
         "train_time_s": round(sum(float(r["epoch_time_s"]) for r in log), 1),
         "cpu_time_s": round(sum(cpu), 1) if cpu else None,
@@ -381,10 +391,11 @@ def main(args: argparse.Namespace) -> None:
     results = [row_result(row, output / (row.run or row.name)) for row in rows]
     compared = {}  # the run folder of each row's run in --compare, where it has one
     for row, r in zip(rows, results, strict=True):
-        other = row_result(row, compared_in / (row.run or row.name)) if compared_in else {"status": "not run"}
-        if other["status"] != "not run":
-            r["compared"] = {key: other[key] for key in ("output", "last_top1", "best_top1", "epochs_run")}
-            compared[r["output"]] = Path(other["output"])
+        other = compared_in / (row.run or row.name) if compared_in else None
+        if other and (other / "log.csv").is_file():
+            figures = run_figures(row, other, read_log(other / "log.csv"))
+            r["compared"] = {"output": str(other), **{k: figures[k] for k in ("last_top1", "best_top1", "epochs_run")}}
+            compared[r["output"]] = other
     plotted = {r["output"]: r["published_top1"] for r in results if r["status"] != "not run"}  # a run once
     for out, published in plotted.items():
         if plot_curves(Path(out), published, compared.get(out)) is None:
