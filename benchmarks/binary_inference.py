@@ -63,6 +63,7 @@ def quantized_conv(node: dict, weights: bk.KernelWeights, size: tuple):
     if "onednn" not in torch.backends.quantized.supported_engines:
         return None
     torch.backends.quantized.engine = "onednn"
+    warnings.filterwarnings("ignore", message="torch.quantize_per_tensor")  # deprecated; still the reference here
     n, h, w = size
     x = torch.randint(0, 2, (n, node["in_channels"], h, w)).float() * 2 - 1
     qx = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last), 1.0, 1, torch.quint8)

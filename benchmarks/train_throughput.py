@@ -14,9 +14,11 @@ the same cores, which is what the fast path saves on a CPU.
     python benchmarks/train_throughput.py --paths fast --models nin_xnornet --teacher nin.cifar10jpeg_cpu60 \
         --teacher-runtimes torch openvino
     python benchmarks/train_throughput.py --paths fast --models resnet32_s8u1_cifar10 --forwards eager compiled
+    python benchmarks/train_throughput.py --paths fast --models nin --memory-formats channels-last contiguous
 
-With several ``--teacher-runtimes`` or ``--forwards`` each is a variant of its own, interleaved with the others like
-the paths (a compiled forward is compiled during the warm-up, as ``train --compile`` does once per process).
+With several ``--teacher-runtimes``, ``--forwards`` or ``--memory-formats`` each is a variant of its own, interleaved
+with the others like the paths (a compiled forward is compiled during the warm-up, as ``train --compile`` does once
+per process).
 """
 
 from __future__ import annotations
@@ -61,16 +63,22 @@ def endless(data):
         yield from data.train
 
 
-def make_run(model_name: str, path: str, argv: list[str], iters: int, device: torch.device, compiled: bool = False):
+def make_run(
+    model_name: str, path: str, argv: list[str], iters: int, device: torch.device, compiled: bool = False,
+    channels_last: bool = True,
+):  # fmt: skip
     """A function that trains one chunk on ``path``'s batches and returns the images it trained on."""
+    layout = "--channels-last" if channels_last else "--no-channels-last"
     args = add_train_args(argparse.ArgumentParser()).parse_args(
-        [*argv, "--model", model_name, "--fast-data", "on" if path == "fast" else "off", "--eval-every", "0"]
+        [*argv, "--model", model_name, "--fast-data", "on" if path == "fast" else "off", "--eval-every", "0", layout]
     )
     note = ""
     cfg = get_model_cfg(model_name)
     data = build_training_data(args, cfg, detect_kind(args.data), "cifar", DistInfo(), device, print)
     torch.manual_seed(0)
-    model = create_model(model_name, num_classes=len(data.classes)).to(device, memory_format=torch.channels_last)
+    model = create_model(model_name, num_classes=len(data.classes)).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     amp = resolve_amp(args.amp, device)[0]
@@ -78,7 +86,7 @@ def make_run(model_name: str, path: str, argv: list[str], iters: int, device: to
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     teacher = None
     if args.teacher:
-        teacher, note = load_teacher(args.teacher, model, device, True, args.teacher_runtime, amp)
+        teacher, note = load_teacher(args.teacher, model, device, channels_last, args.teacher_runtime, amp)
     batches = endless(data)
     forward = torch.compile(model, dynamic=False) if compiled else model
 
@@ -115,6 +123,10 @@ def main() -> None:
         help="the training forward as it is, or through torch.compile (train --compile): each a variant, interleaved",
     )  # fmt: skip
     parser.add_argument(
+        "--memory-formats", nargs="+", choices=("channels-last", "contiguous"), default=["channels-last"],
+        help="the batches' and weights' layout (train --[no-]channels-last): each a variant, interleaved",
+    )  # fmt: skip
+    parser.add_argument(
         "--paths",
         nargs="+",
         choices=PATHS,
@@ -128,17 +140,21 @@ def main() -> None:
     argv += ["--teacher", opts.teacher] if opts.teacher else []
     print(environment().replace(", NCHW float32", ""))
     teacher = f", distilled from {opts.teacher}" if opts.teacher else ""
-    print(f"data {opts.data}, batch {opts.batch_size}, channels-last{teacher}, {opts.iters} iterations x {opts.rounds} "
+    layouts = "" if len(opts.memory_formats) > 1 else f", {opts.memory_formats[0]}"
+    print(f"data {opts.data}, batch {opts.batch_size}{layouts}{teacher}, {opts.iters} iterations x {opts.rounds} "
           "rounds")  # fmt: skip
     runtimes = opts.teacher_runtimes if opts.teacher else ["torch"]
     for name in opts.models:
         runs, notes = {}, {}
-        for path, runtime, forward in itertools.product(opts.paths, runtimes, opts.forwards):
+        variants = itertools.product(opts.paths, runtimes, opts.forwards, opts.memory_formats)
+        for path, runtime, forward, layout in variants:
             varied = [runtime] * (len(runtimes) > 1) + [forward] * (len(opts.forwards) > 1)
+            varied += [layout] * (len(opts.memory_formats) > 1)
             variant = ", ".join([path, *varied])
             run, description, amp = make_run(
-                name, path, [*argv, "--teacher-runtime", runtime], opts.iters, device, forward == "compiled"
-            )
+                name, path, [*argv, "--teacher-runtime", runtime], opts.iters, device, forward == "compiled",
+                layout == "channels-last",
+            )  # fmt: skip
             runs[variant], notes[variant] = run, description
         for run in runs.values():  # warm-up: first batches, workers started, kernels chosen
             run()
@@ -151,7 +167,7 @@ def main() -> None:
         median = {variant: statistics.median(r) for variant, r in rates.items()}
         print(f"\n{name} ({f'{amp} autocast' if amp != 'none' else 'fp32'}):")
         for variant in runs:
-            print(f"  {variant:18s} {median[variant]:7.1f} img/s (median; min {min(rates[variant]):.1f}, max "
+            print(f"  {variant:30s} {median[variant]:7.1f} img/s (median; min {min(rates[variant]):.1f}, max "
                   f"{max(rates[variant]):.1f})  {notes[variant]}")  # fmt: skip
         first, *others = runs
         for other in others:  # the faster over the slower

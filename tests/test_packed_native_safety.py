@@ -99,6 +99,33 @@ def test_packing_and_pooling_refuse_sizes_that_do_not_fit_their_buffers():
         assert pool(**bad) == BAD_ARGUMENTS, bad
 
 
+@pytest.mark.skipif(not bk.f32_conv_paths(), reason="this CPU has no float32 conv path (AVX2 and FMA)")
+def test_float32_conv_refuses_sizes_that_do_not_fit_its_buffers():
+    x = torch.randn(2, 3, 9, 10)
+    g = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(30, 3, 3, 3, generator=g), torch.randn(30, generator=g)
+    conv = bk.Float32ConvSigns(weight, bias, (1, 1), (1, 1), (1, 1), torch.ones(30), torch.zeros(30), tuple(x.shape),
+                               groups=2)  # fmt: skip
+    conv(x)  # the input's pointer, length and strides in the arguments
+    lib, a = bk.library(), conv.args
+
+    def status(**changes):
+        args = type(a).from_buffer_copy(a)
+        for name, value in changes.items():
+            setattr(args, name, value)
+        return lib.cn_fconv32_pack(ctypes.byref(args), 2)
+
+    assert status() == 0
+    for changes in (
+        dict(input_bytes=a.input_bytes - 4), dict(padded_bytes=a.padded_bytes - 4), dict(weight_bytes=4 * 24 * 27),
+        dict(bias_bytes=4 * 47), dict(sign_bytes=4 * 30), dict(threshold_bytes=0), dict(out_bytes=a.out_bytes - 1),
+        dict(batch=3), dict(channels=4), dict(height=10), dict(out_channels=31), dict(stride_x=-1),
+        dict(stride_n=2**62), dict(kernel_w=0), dict(dilation_h=0), dict(pad_w=-1), dict(out_width=a.out_width + 1),
+        dict(kernel_h=2**40), dict(input=None), dict(weight=None),
+    ):  # fmt: skip
+        assert status(**changes) == BAD_ARGUMENTS, changes
+
+
 def _sanitizer_build(folder: Path) -> tuple[Path, str]:
     """csrc/binconv.c built with ASan and UBSan, and the libraries to preload (skips where gcc cannot)."""
     gcc = shutil.which("gcc")

@@ -24,6 +24,9 @@ BF16_PATHS = bk.bf16_conv_paths() if bk.is_available() else []
 needs_bf16 = pytest.mark.skipif(
     not (bk.is_available() and bk.bf16_conv_paths()), reason="this CPU has no bf16 conv path (AMX or AVX512-BF16)"
 )
+F32_PATHS = bk.f32_conv_paths() if bk.is_available() else []
+needs_f32 = pytest.mark.skipif(not F32_PATHS, reason="this CPU has no float32 conv path (AVX2 and FMA)")
+FUSED_CONVS = [f"bf16 {p}" for p in BF16_PATHS] + [f"f32 {p}" for p in F32_PATHS]  # plan report names
 
 
 def _signs(*shape, seed=0):
@@ -273,19 +276,61 @@ def test_bf16_conv_gives_the_float32_signs(path):
     assert torch.equal(bits(x), bk.pack_signs(torch.where(got, -1.0, 1.0).permute(0, 2, 3, 1), 2))
 
 
-@needs_bf16
-def test_fast_precision_runs_the_first_conv_in_bf16_when_faster(packed_models, monkeypatch):
+# (batch, in, out, height, width, kernel, stride, padding, dilation): channel counts off the 24-channel blocks, rows
+# of no multiple of 4 pixels, strides, dilation, padding wider than the kernel's reach
+F32_CASES = [
+    (2, 3, 192, 32, 32, 5, 1, 2, 1),
+    (3, 5, 50, 11, 13, 3, 2, 1, 1),
+    (1, 4, 17, 9, 7, 3, 1, 3, 2),
+    (2, 3, 30, 6, 6, 1, 1, 0, 1),
+]
+
+
+@needs_f32
+@pytest.mark.parametrize("case", F32_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_f32_conv_gives_the_signs_of_torchs_conv(case):
+    """The fused float32 conv decides each sign as pack_signs decides it after torch's float32 conv: the same signs
+    but where float summation order moves a value across its threshold, for input at any strides, as +-1 bytes
+    inside an untouched border and as packed bits."""
+    n, cin, cout, h, w, k, s, p, d = case
+    g = torch.Generator().manual_seed(sum(case))
+    x = torch.randn(n, cin, h, w, generator=g)
+    weight, bias = torch.randn(cout, cin, k, k, generator=g) * 0.2, torch.randn(cout, generator=g) * 0.1
+    sign = torch.where(torch.rand(cout, generator=g) < 0.3, -1.0, 1.0)
+    threshold = torch.randn(cout, generator=g) * 0.5
+    threshold[:2] = torch.tensor([float("inf"), -float("inf")])  # constant channels
+    y = F.conv2d(x, weight, bias, stride=s, padding=p, dilation=d)
+    expected = ~(sign[:, None, None] * y >= threshold[:, None, None])
+    geometry = ((s, s), (p, p), (d, d))
+    fused = bk.Float32ConvSigns(weight, bias, *geometry, sign, threshold, tuple(x.shape), out_format="int8",
+                                out_padding=(1, 2))  # fmt: skip
+    out = fused(x.contiguous(memory_format=torch.channels_last), threads=2)
+    inside = out[:, 1:-1, 2:-2]
+    assert inside.abs().eq(1).all() and out.abs().sum() == inside.abs().sum()  # every pixel written, nothing else
+    negative = inside.permute(0, 3, 1, 2) < 0
+    differ = negative != expected
+    margin = (sign[:, None, None] * y - threshold[:, None, None]).abs()
+    scale = F.conv2d(x.abs(), weight.abs(), stride=s, padding=p, dilation=d)  # summation orders differ by ~2**-20
+    assert differ.sum() <= 2 and (margin[differ] <= 2.0**-18 * scale[differ]).all()
+    groups = 2 if cout % 2 == 0 else 1
+    bits = bk.Float32ConvSigns(weight, bias, *geometry, sign, threshold, tuple(x.shape), groups=groups)
+    assert torch.equal(bits(x, threads=1), bk.pack_signs(torch.where(negative, -1.0, 1.0).permute(0, 2, 3, 1), groups))
+
+
+@pytest.mark.skipif(not FUSED_CONVS, reason="this CPU has no fused float conv path (bf16 or float32)")
+@pytest.mark.parametrize("fused", FUSED_CONVS)
+def test_fast_precision_runs_the_first_conv_fused_when_faster(packed_models, monkeypatch, fused):
     model, path = packed_models["nin_xnornet"]
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(10))
     exact, exact_signs = load_packed(path, precision="exact").run_with_signs(x)
 
-    def bf16_first(calls, **_):
-        return next((k for k in calls if k.startswith("bf16")), next(iter(calls))), {}
+    def fused_first(calls, **_):
+        return fused if fused in calls else next(iter(calls)), {}
 
-    monkeypatch.setattr(packed_plan, "fastest", bf16_first)
+    monkeypatch.setattr(packed_plan, "fastest", fused_first)
     runner = load_packed(path, precision="fast")
     fast, signs = runner.run_with_signs(x)
-    assert any(row["path"].startswith("bf16") for row in runner.plan(tuple(x.shape)).report)
+    assert any(row["path"] == fused for row in runner.plan(tuple(x.shape)).report)
     assert all(torch.equal(a, b) for a, b in zip(signs, exact_signs, strict=True))  # float32's signs
     torch.testing.assert_close(fast, exact, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast, model(x), atol=1e-4, rtol=1e-4)

@@ -123,6 +123,26 @@ class _FconvArgs(ctypes.Structure):  # cn_fconv_args
     ]
 
 
+class _Fconv32Args(ctypes.Structure):  # cn_fconv32_args
+    _fields_ = [
+        ("input", ctypes.c_void_p),
+        *[(n, ctypes.c_int64) for n in ("batch", "channels", "height", "width")],
+        *[(n, ctypes.c_int64) for n in ("stride_n", "stride_c", "stride_y", "stride_x")],
+        ("padded", ctypes.c_void_p),
+        ("weight", ctypes.c_void_p),
+        *[
+            (n, ctypes.c_int64)
+            for n in ("out_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w")
+        ],
+        *[(n, ctypes.c_int64) for n in ("dilation_h", "dilation_w", "out_height", "out_width")],
+        *[(n, ctypes.c_void_p) for n in ("bias", "sign", "threshold")],
+        ("out", _SignsOut),
+        *[
+            (f"{n}_bytes", ctypes.c_int64) for n in ("input", "padded", "weight", "bias", "sign", "threshold", "out")
+        ],  # checked by cn_fconv32_pack
+    ]
+
+
 def _library_path() -> Path | None:
     """The kernel built next to this module, or the build that ``COMPACTNETS_BINARY_KERNEL_LIB`` names."""
     if os.environ.get(ENV_LIBRARY):
@@ -162,12 +182,16 @@ def _load() -> ctypes.CDLL:
     lib.cn_fconv_pack.argtypes = [ctypes.POINTER(_FconvArgs), ctypes.c_int, ctypes.c_int]
     lib.cn_head.argtypes = [ptr, i64, i64, i64, ptr, ptr, i64, i64, ptr, *[i64] * 4, ctypes.c_int]
     lib.cn_fconv_supported.argtypes = [ctypes.c_int]
+    lib.cn_fconv32_pack.argtypes = [ctypes.POINTER(_Fconv32Args), ctypes.c_int]
+    lib.cn_fconv32_supported.argtypes = []
     for name in (
         "cn_pack_signs_int8",
         "cn_maxpool_int8",
         "cn_avgpool_pack",
         "cn_fconv_pack",
         "cn_fconv_supported",
+        "cn_fconv32_pack",
+        "cn_fconv32_supported",
         "cn_head",
     ):
         getattr(lib, name).restype = ctypes.c_int
@@ -651,7 +675,23 @@ def bf16_conv_paths() -> list[str]:
     return [p for p in BF16_PATHS if library().cn_fconv_supported(PATHS[p])]
 
 
-class Bf16ConvSigns:
+class _ConvSigns:
+    """A fused float conv into signs, built for one input shape (``shape``): its C arguments (``args``), the entry
+    point that runs them (``_run``, named ``what`` in errors), and the output it writes (``out``)."""
+
+    what: str
+
+    def __call__(self, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+        if tuple(x.shape) != self.shape or x.dtype != torch.float32:
+            raise ValueError(f"this conv was built for float32 {self.shape}, not {x.dtype} {tuple(x.shape)}")
+        a = self.args
+        a.input, a.input_bytes = x.data_ptr(), _nbytes(x)
+        a.stride_n, a.stride_c, a.stride_y, a.stride_x = x.stride()
+        _check(self._run(a, _threads(threads)), self.what)
+        return self.out
+
+
+class Bf16ConvSigns(_ConvSigns):
     """A float conv (groups 1) followed by :func:`pack_signs` with per-channel ``sign`` and ``threshold``, run in
     bfloat16 with float32 sums, on AMX tiles (``path="amx"``) or with AVX512-BF16 (``"avx512"``), for inputs of one
     shape: input NCHW floats (any strides), output packed bits or +-1 bytes like :func:`pack_signs`. Three bf16
@@ -659,6 +699,8 @@ class Bf16ConvSigns:
     whose value lies within that bound of its threshold is recomputed in float32 (``cn_fconv_pack``): the signs are
     float32's. The bf16 input copy holds each pixel's C hi parts, then its C lo parts; a chunk of window elements
     meets two weight tiles: w_hi against both parts, w_lo against the hi parts (0 against the lo ones)."""
+
+    what = "bf16 conv"
 
     def __init__(self, weight, bias, stride, padding, dilation, sign, threshold, input_shape, *, groups=1,
                  out_format="bits", out_padding=(0, 0), path="amx"):  # fmt: skip
@@ -719,13 +761,62 @@ class Bf16ConvSigns:
         for name, t in lengths.items():
             setattr(self.args, f"{name}_bytes", _nbytes(t))
         self.shape = tuple(input_shape)
-        self._fn = library().cn_fconv_pack
 
-    def __call__(self, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
-        if tuple(x.shape) != self.shape or x.dtype != torch.float32:
-            raise ValueError(f"this conv was built for float32 {self.shape}, not {x.dtype} {tuple(x.shape)}")
-        a = self.args
-        a.input, a.input_bytes = x.data_ptr(), _nbytes(x)
-        a.stride_n, a.stride_c, a.stride_y, a.stride_x = x.stride()
-        _check(self._fn(ctypes.byref(a), self.isa, _threads(threads)), "bf16 conv")
-        return self.out
+    def _run(self, args: _FconvArgs, threads: int) -> int:
+        return library().cn_fconv_pack(ctypes.byref(args), self.isa, threads)
+
+
+# ---------------------------------------------------------------------------------------------- float conv, float32
+
+F32_BLOCK = 24  # output channels per block of the float32 conv's weights (CN_F32_BLOCK)
+
+
+def f32_conv_paths() -> list[str]:
+    """The :class:`Float32ConvSigns` paths this CPU runs (AVX2 with FMA)."""
+    return ["avx2"] if library().cn_fconv32_supported() else []
+
+
+class Float32ConvSigns(_ConvSigns):
+    """A float conv (groups 1) followed by :func:`pack_signs` with per-channel ``sign`` and ``threshold``, in float32
+    with AVX2 and FMA, for inputs of one shape: input NCHW floats (any strides), output packed bits or +-1 bytes like
+    :func:`pack_signs`. Each sum runs over its window in (kh, kw, channel) order, then adds the bias, and its sign is
+    decided as :func:`pack_signs` decides it: the result differs from torch's float32 conv followed by
+    :func:`pack_signs` by float summation order only. For CPUs without a bf16 path (:class:`Bf16ConvSigns`), where
+    it spares the runner torch's conv, its thread pool and a packing pass."""
+
+    what = "float32 conv"
+
+    def __init__(self, weight, bias, stride, padding, dilation, sign, threshold, input_shape, *, groups=1,
+                 out_format="bits", out_padding=(0, 0)):  # fmt: skip
+        if not f32_conv_paths():
+            raise BinaryKernelUnavailable("this CPU cannot run the float32 conv path (it needs AVX2 and FMA)")
+        n, c, h, w = input_shape
+        out_channels, _, kh, kw = weight.shape
+        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+        ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
+        blocks = -(-out_channels // F32_BLOCK)
+        width = blocks * F32_BLOCK
+
+        def per_channel(v, fill):
+            return torch.cat([v.detach().float().reshape(-1), torch.full((width - out_channels,), fill)])
+
+        # [block][kh][kw][channel][24 outputs]: the 24 weights of one window element, one vector load each 8
+        w32 = torch.zeros(width, kh, kw, c)
+        w32[:out_channels] = weight.detach().float().permute(0, 2, 3, 1)
+        self.weight = w32.reshape(blocks, F32_BLOCK, kh * kw * c).transpose(1, 2).contiguous()
+        self.bias = per_channel(bias if bias is not None else torch.zeros(out_channels), 0.0)
+        self.sign, self.threshold = per_channel(sign, 1.0), per_channel(threshold, 0.0)
+        self.padded = torch.zeros(n, h + 2 * ph, w + 2 * pw, c)  # the border stays zero
+        self.out, signs = _signs_out(out_format, None, n, ho, wo, out_channels, groups, out_padding)
+        self.args = _Fconv32Args(
+            batch=n, channels=c, height=h, width=w, padded=self.padded.data_ptr(), weight=self.weight.data_ptr(),
+            out_channels=out_channels, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, pad_h=ph, pad_w=pw,
+            dilation_h=dh, dilation_w=dw, out_height=ho, out_width=wo, bias=self.bias.data_ptr(),
+            sign=self.sign.data_ptr(), threshold=self.threshold.data_ptr(), out=signs,
+        )  # fmt: skip
+        for name in ("padded", "weight", "bias", "sign", "threshold", "out"):
+            setattr(self.args, f"{name}_bytes", _nbytes(getattr(self, name)))
+        self.shape = tuple(input_shape)
+
+    def _run(self, args: _Fconv32Args, threads: int) -> int:
+        return library().cn_fconv32_pack(ctypes.byref(args), threads)

@@ -9,19 +9,22 @@ writes its signs in the format the chosen path reads: bits, or bytes inside a ze
 padding (the float model pads sign(x) with 0; the popcount paths correct for it instead).
 
 Precision of the full-precision layers: ``"exact"`` runs them in float32 with torch, as the float model does (the
-runner then matches it up to float summation order); ``"fast"`` (the default) also times a bfloat16 form of a float
-conv that feeds a sign (the first layer of an XNOR net: AMX bf16 tiles, or AVX512-BF16; three bf16 products per
-term, float32 sums) and takes it where it is faster; ``"bf16"`` takes it untimed. Its signs are float32's: each one
-whose value lies within the bf16 form's error bound of its threshold is recomputed in float32
+runner then matches it up to float summation order); ``"fast"`` (the default) also times two fused forms of a float
+conv that feeds a sign (the first layer of an XNOR net), and takes the fastest: a bfloat16 form (AMX bf16 tiles, or
+AVX512-BF16; three bf16 products per term, float32 sums) and a float32 one (AVX2 and FMA,
+:class:`~.binary_kernel.Float32ConvSigns`: torch's arithmetic up to summation order, without torch's conv, its
+thread pool or a packing pass); ``"bf16"`` takes the bfloat16 form untimed. Its signs are float32's: each one whose
+value lies within the bf16 form's error bound of its threshold is recomputed in float32
 (:class:`~.binary_kernel.Bf16ConvSigns`). One bf16 product per term, as OpenVINO's default precision computes,
 changed 15 % of a trained nin_xnornet's CIFAR-10 predictions. Default: :data:`DEFAULT_PRECISION`, or the
 ``COMPACTNETS_PACKED_PRECISION`` environment variable.
 
-Fused steps: float conv -> pack_signs (bf16, above); avg_pool2d -> pack_signs (one pass, torch's arithmetic); the
-classifier head, 1x1 conv -> [ReLU] -> global average pool (one C pass); another 1x1 float conv on channels-last
-floats as a matrix product (fewer torch calls on small tensors, where each costs more than its arithmetic). A
-channel shuffle between float ops runs as no op of its own: after a binary conv with float output and an average
-pool (a per-channel op), as the conv's output order; before the classifier head, as an order of its weights.
+Fused steps: float conv -> pack_signs (float32 or bf16, above); avg_pool2d -> pack_signs (one pass, torch's
+arithmetic); the classifier head, 1x1 conv -> [ReLU] -> global average pool (one C pass); another 1x1 float conv on
+channels-last floats as a matrix product (fewer torch calls on small tensors, where each costs more than its
+arithmetic). A channel shuffle between float ops runs as no op of its own: after a binary conv with float output
+and an average pool (a per-channel op), as the conv's output order; before the classifier head, as an order of its
+weights.
 
 Large batches: a batch of at least two chunks of :data:`CHUNK` images is also run chunk by chunk through one
 smaller plan (:class:`ChunkedPlan`), so that each layer's input and output stay in the cores' L2 caches, and the
@@ -418,42 +421,44 @@ def _avg_pool_pack_op(runner, i, inputs, signs_out, threads, pack_at: int | None
 
 
 def _conv_pack_ops(plan, runner, i, inputs, signs_out) -> list[_Op]:
-    """A float conv and the pack_signs after it: float32 in torch then the C packing, or (precision "fast") the
-    fused bf16x3 conv with float32 signs, whichever is faster here (precision "bf16": the latter)."""
+    """A float conv and the pack_signs after it: float32 in torch then the C packing, or (precision "fast") one
+    fused pass, the bf16x3 conv with float32 signs or the float32 conv, whichever is faster here (precision "bf16":
+    the bf16x3 one, untimed)."""
     node, t, pack = runner.nodes[i], runner._node_tensors[i], runner._steps[i + 1][1]
     out = signs_out.get(i + 1, _Signs(groups=pack.groups))
     conv = _Op(_float_fn(node, t, runner._steps[i][1]), fresh=True)
     exact = [conv, _pack_op(pack, conv.fn(inputs[i]), out, plan.threads)]
-    paths = bk.bf16_conv_paths() if plan.precision != "exact" and node["groups"] == 1 else []
-    if not paths:
-        if plan.precision == "bf16" and node["groups"] == 1:
+    fusable = plan.precision != "exact" and node["groups"] == 1
+    bf16_paths = bk.bf16_conv_paths() if fusable else []
+    f32_paths = bk.f32_conv_paths() if fusable and plan.precision == "fast" else []
+    if plan.precision == "bf16":
+        if fusable and not bf16_paths:
             raise bk.BinaryKernelUnavailable("precision bf16: this CPU has no bf16 conv path (AMX or AVX512-BF16)")
+        bf16_paths = bf16_paths[:1]  # untimed: the first bf16 path (AMX where there are tiles)
+    if not bf16_paths and not f32_paths:
         return exact
-    if plan.precision == "bf16":
-        paths = paths[:1]  # untimed: the first bf16 path (AMX where there are tiles)
     x, threads = inputs[i], plan.threads
-    fused = {
-        p: bk.Bf16ConvSigns(t["weight"], t.get("bias"), node["stride"], node["padding"], node["dilation"],
-                            pack.folded["sign"], pack.folded["threshold"], tuple(x.shape), groups=out.groups,
-                            out_format=out.format, out_padding=out.padding, path=p)
-        for p in paths
-    }  # fmt: skip
+    args = (t["weight"], t.get("bias"), node["stride"], node["padding"], node["dilation"], pack.folded["sign"],
+            pack.folded["threshold"], tuple(x.shape))  # fmt: skip
+    layout = {"groups": out.groups, "out_format": out.format, "out_padding": out.padding}
+    fused = {f"bf16 {p}": bk.Bf16ConvSigns(*args, **layout, path=p) for p in bf16_paths}
+    fused |= {f"f32 {p}": bk.Float32ConvSigns(*args, **layout) for p in f32_paths}
     if plan.precision == "bf16":
-        chosen, ms = f"bf16 {paths[0]}", {}
+        chosen, ms = f"bf16 {bf16_paths[0]}", {}
     else:
-        calls = {"f32": lambda: exact[1].fn(exact[0].fn(x))}
-        for p, conv in fused.items():
-            calls[f"bf16 {p}"] = lambda conv=conv: conv(x, threads)
+        calls = {"f32 torch": lambda: exact[1].fn(exact[0].fn(x))}
+        for name, conv in fused.items():
+            calls[name] = lambda conv=conv: conv(x, threads)
             if threads > 1:  # as conv_candidates
-                calls[f"bf16 {p} x1"] = lambda conv=conv: conv(x, 1)
+                calls[f"{name} x1"] = lambda conv=conv: conv(x, 1)
         chosen, ms = fastest(calls)
     out_channels, in_channels, kh, kw = t["weight"].shape
     layer = f"float {in_channels}->{out_channels} {kh}x{kw} @{x.shape[2]}x{x.shape[3]} + pack"
     path, threads = _path_threads(chosen, threads)
     plan.report.append({"node": i, "layer": layer, "times_ms": ms, "path": path, "threads": threads})
-    if chosen == "f32":
+    if path == "f32 torch":
         return exact
-    conv = fused[path.removeprefix("bf16 ")]
+    conv = fused[path]
     return [_Op(_Bound(lambda value: conv(value.float(), threads), conv.out), fresh=False, any_strides=True)]
 
 

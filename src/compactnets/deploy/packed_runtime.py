@@ -27,8 +27,9 @@ class PackedModel(nn.Module):
     ``torch.get_num_threads()`` at each call) sets the kernel's thread count. Each input shape and thread count gets
     an execution plan at its first call (:mod:`.packed_plan`): every binary layer's path (popcount or AMX) chosen by
     timing, unless ``kernel_path`` (or ``COMPACTNETS_BINARY_KERNEL``) forces one, and the float layers' precision
-    (``precision``: ``"exact"``, float32 in torch; ``"fast"``, a bf16x3 first conv with float32's signs where faster;
-    ``"bf16"``, that conv untimed; None: ``COMPACTNETS_PACKED_PRECISION``, else fast). :meth:`plan` shows what was
+    (``precision``: ``"exact"``, float32 in torch; ``"fast"``, the first conv fused with its packing, in float32 or
+    in bf16x3 with float32's signs, where faster; ``"bf16"``, the bf16x3 one untimed; None:
+    ``COMPACTNETS_PACKED_PRECISION``, else fast). :meth:`plan` shows what was
     chosen.
     """
 

@@ -1642,28 +1642,47 @@ done:
 }
 #endif
 
+/* A float conv's sizes and geometry (what cn_fconv_pack and cn_fconv32_pack share), and its signs' buffer. */
+static int cn_fconv_shape_ok(int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t out_channels,
+                             int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                             int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t out_height,
+                             int64_t out_width, const cn_signs_out *out, int64_t out_bytes) {
+    return CN_ALL_IN(0, batch, pad_h, pad_w) &&
+           CN_ALL_IN(1, channels, height, width, out_channels, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
+                     dilation_w) &&
+           out_height == cn_window(height, kernel_h, stride_h, pad_h, dilation_h) &&
+           out_width == cn_window(width, kernel_w, stride_w, pad_w, dilation_w) && out->channels == out_channels &&
+           out->height == out_height && out->width == out_width && cn_signs_ok(out, batch, out_bytes);
+}
+
+/* Whether the floats of an [N, C, H, W] input read at these element strides lie within `bytes`. */
+static int cn_strided_fits(int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t stride_n,
+                           int64_t stride_c, int64_t stride_y, int64_t stride_x, int64_t bytes) {
+    if (stride_n < 0 || stride_c < 0 || stride_y < 0 || stride_x < 0) return 0;
+    int64_t last = 0, term;
+    const int64_t index[4][2] = {{batch, stride_n}, {height, stride_y}, {width, stride_x}, {channels, stride_c}};
+    for (int i = 0; i < 4 && batch > 0; i++)
+        if (__builtin_mul_overflow(index[i][0] - 1, index[i][1], &term) || __builtin_add_overflow(last, term, &last))
+            return 0;
+    return batch == 0 || cn_fits(CN_PRODUCT(last + 1, 4), bytes);
+}
+
+/* What cn_fconv_ok and cn_fconv32_ok check alike, of arguments whose structs name these fields alike. */
+#define CN_FCONV_COMMON_OK(a)                                                                                          \
+    (cn_fconv_shape_ok((a)->batch, (a)->channels, (a)->height, (a)->width, (a)->out_channels, (a)->kernel_h,           \
+                       (a)->kernel_w, (a)->stride_h, (a)->stride_w, (a)->pad_h, (a)->pad_w, (a)->dilation_h,           \
+                       (a)->dilation_w, (a)->out_height, (a)->out_width, &(a)->out, (a)->out_bytes) &&                 \
+     cn_strided_fits((a)->batch, (a)->channels, (a)->height, (a)->width, (a)->stride_n, (a)->stride_c, (a)->stride_y, \
+                     (a)->stride_x, (a)->input_bytes))
+
 #ifdef CN_AMX
 /* cn_fconv_pack's arguments against the byte lengths of its buffers. */
 static int cn_fconv_ok(const cn_fconv_args *a) {
     if (!a->input || !a->padded || !a->weight || !a->bias || !a->chunk_offset || !a->sign || !a->threshold ||
-        !CN_ALL_IN(0, a->batch, a->pad_h, a->pad_w) ||
-        !CN_ALL_IN(1, a->channels, a->height, a->width, a->out_channels, a->kernel_h, a->kernel_w, a->stride_h,
-                   a->stride_w, a->dilation_h, a->dilation_w, a->chunks) ||
-        a->stride_n < 0 || a->stride_c < 0 || a->stride_y < 0 || a->stride_x < 0 ||
-        a->out_height != cn_window(a->height, a->kernel_h, a->stride_h, a->pad_h, a->dilation_h) ||
-        a->out_width != cn_window(a->width, a->kernel_w, a->stride_w, a->pad_w, a->dilation_w) ||
-        a->out.channels != a->out_channels || a->out.height != a->out_height || a->out.width != a->out_width ||
-        !cn_signs_ok(&a->out, a->batch, a->out_bytes))
+        !cn_in(a->chunks, 1) ||
+        !CN_FCONV_COMMON_OK(a))
         return 0;
     const int64_t c = a->channels, wp = a->width + 2 * a->pad_w, cout = a->out_channels;
-    /* the input, read at its strides */
-    int64_t last = 0, term;
-    const int64_t index[4][2] = {{a->batch, a->stride_n}, {a->height, a->stride_y}, {a->width, a->stride_x},
-                                 {c, a->stride_c}};
-    for (int i = 0; i < 4 && a->batch > 0; i++)
-        if (__builtin_mul_overflow(index[i][0] - 1, index[i][1], &term) || __builtin_add_overflow(last, term, &last))
-            return 0;
-    if (a->batch > 0 && !cn_fits(CN_PRODUCT(last + 1, 4), a->input_bytes)) return 0;
     /* bf16 pixels (2C elements: hi and lo parts) inside the padding border; a chunk starts inside a window and runs
      * at most 32 elements past its end (zero weights there), so the last tile's rows need 15 * stride_w pixels + 32
      * elements of slack */
@@ -1780,6 +1799,172 @@ int cn_fconv_pack(const cn_fconv_args *a, int isa, int threads) {
     cn_fconv_call call = {a, 0};
     cn_parallel(task_to_bf16, &call, threads);
     cn_parallel(isa == CN_ISA_AMX ? task_fconv : task_fconv_avx512, &call, threads);
+    return atomic_load(&call.status);
+#else
+    (void)a;
+    (void)threads;
+    return -2;
+#endif
+}
+
+/* ---------------------------------------------------------------- float conv into signs (float32, AVX2) --------- */
+
+/* The same fusion in float32 with AVX2 and FMA (for CPUs without a bf16 path above all): no rounding bound and no
+ * recompute, the sums are float32's, each over its window in (kh, kw, channel) order, then +bias, and a sign is
+ * decided as pack_signs decides it: -1 where !(sign * value >= threshold). It differs from torch's float32 conv by
+ * summation order only, as torch's own algorithms differ from each other. Eight output channels per vector; four
+ * output pixels of a row times 24 channels accumulate together (12 registers), each weight vector loaded once for
+ * the four pixels and each input element broadcast once for three vectors. The input is first copied channels-last
+ * inside a zero border, so that a window is a few runs of contiguous floats. */
+typedef struct {
+    const float *input; /* [N, C, H, W] at the given element strides */
+    int64_t batch, channels, height, width, stride_n, stride_c, stride_y, stride_x;
+    float *padded;       /* [N, H + 2 * pad_h, W + 2 * pad_w, C]: the border zero as allocated, the rest written here */
+    const float *weight; /* [blocks][kernel_h * kernel_w * C][24], blocks = ceil(out_channels / 24), 0 past them */
+    int64_t out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+    int64_t out_height, out_width;
+    const float *bias, *sign, *threshold; /* [blocks * 24] each (what is past out_channels is not read into a sign) */
+    cn_signs_out out;
+    /* Byte lengths of the buffers above from each pointer on, checked by cn_fconv32_pack (cn_fconv32_ok). */
+    int64_t input_bytes, padded_bytes, weight_bytes, bias_bytes, sign_bytes, threshold_bytes, out_bytes;
+} cn_fconv32_args;
+
+typedef struct {
+    const cn_fconv32_args *a;
+    atomic_int status;
+} cn_fconv32_call;
+
+#define CN_F32_PIXELS 4
+#define CN_F32_BLOCK 24 /* output channels per block: 3 vectors */
+
+#ifdef CN_X86
+CN_CLONES static void task_to_f32(void *c, int index, int count) {
+    const cn_fconv32_args *a = ((cn_fconv32_call *)c)->a;
+    const int64_t wp = a->width + 2 * a->pad_w, hp = a->height + 2 * a->pad_h, ch = a->channels;
+    int64_t begin, end;
+    cn_share(a->batch * a->height, index, count, &begin, &end);
+    for (int64_t r = begin; r < end; r++) {
+        const int64_t n = r / a->height, y = r % a->height;
+        float *restrict out = a->padded + ((n * hp + y + a->pad_h) * wp + a->pad_w) * ch;
+        const float *in = a->input + n * a->stride_n + y * a->stride_y;
+        for (int64_t x = 0; x < a->width; x++)
+            for (int64_t k = 0; k < ch; k++) out[x * ch + k] = in[x * a->stride_x + k * a->stride_c];
+    }
+}
+
+/* Sums of `np` (1 or CN_F32_PIXELS) pixels of a row, `pixel` floats apart in `in`, for 24 channels of weights `w`,
+ * decided into the pixels' -1 bitsets (`bits` + i * bits_stride) at channel j. */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void fconv32_block(
+    const cn_fconv32_args *a, const float *in, int64_t pixel, const float *restrict w, int64_t j, int np,
+    uint8_t *bits, int64_t bits_stride) {
+    const int64_t ch = a->channels, wp = a->width + 2 * a->pad_w;
+    __m256 acc[CN_F32_PIXELS][3];
+    for (int i = 0; i < CN_F32_PIXELS; i++) acc[i][0] = acc[i][1] = acc[i][2] = _mm256_setzero_ps();
+    for (int64_t kh = 0; kh < a->kernel_h; kh++)
+        for (int64_t kw = 0; kw < a->kernel_w; kw++) {
+            const float *x = in + (kh * a->dilation_h * wp + kw * a->dilation_w) * ch;
+            for (int64_t k = 0; k < ch; k++, w += CN_F32_BLOCK) {
+                const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8), w2 = _mm256_loadu_ps(w + 16);
+                for (int i = 0; i < np; i++) {
+                    const __m256 v = _mm256_broadcast_ss(x + i * pixel + k);
+                    acc[i][0] = _mm256_fmadd_ps(v, w0, acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(v, w1, acc[i][1]);
+                    acc[i][2] = _mm256_fmadd_ps(v, w2, acc[i][2]);
+                }
+            }
+        }
+    const int64_t live = a->out_channels - j; /* channels of this block that exist */
+    for (int q = 0; q < 3 && 8 * q < live; q++) {
+        const int64_t at = j + 8 * q;
+        const unsigned keep = live - 8 * q >= 8 ? 0xffu : (1u << (live - 8 * q)) - 1;
+        const __m256 bias = _mm256_loadu_ps(a->bias + at), sign = _mm256_loadu_ps(a->sign + at);
+        const __m256 threshold = _mm256_loadu_ps(a->threshold + at);
+        for (int i = 0; i < np; i++) {
+            const __m256 value = _mm256_mul_ps(sign, _mm256_add_ps(acc[i][q], bias));
+            const unsigned kept = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(value, threshold, _CMP_GE_OQ));
+            bits[i * bits_stride + at / 8] = (uint8_t)(~kept & keep);
+        }
+    }
+}
+
+static void fconv32_store(const cn_fconv32_args *a, const uint8_t *bits, int64_t n, int64_t oh, int64_t ow,
+                          int64_t p) {
+    if (a->out.mode == CN_OUT_INT8) {
+        int8_t *restrict out = signs_bytes(&a->out, n, oh, ow);
+        for (int64_t j = 0; j < a->out_channels; j++) out[j] = (int8_t)(1 - 2 * (bits[j / 8] >> (j % 8) & 1));
+    } else
+        store_bitset(&a->out, (const uint64_t *)(const void *)bits, p);
+}
+
+__attribute__((target("avx2,fma"))) static void task_fconv32(void *c, int index, int count) {
+    cn_fconv32_call *call = c;
+    const cn_fconv32_args *a = call->a;
+    const int64_t ch = a->channels, wp = a->width + 2 * a->pad_w, hp = a->height + 2 * a->pad_h;
+    const int64_t blocks = (a->out_channels + CN_F32_BLOCK - 1) / CN_F32_BLOCK;
+    const int64_t terms = a->kernel_h * a->kernel_w * ch, pixel = a->stride_w * ch;
+    const int64_t bits_stride = 8 * ((a->out_channels + 63) / 64 + 1); /* bytes: store_bitset reads a word past */
+    int64_t begin, end;
+    cn_share(a->batch * a->out_height, index, count, &begin, &end);
+    if (begin >= end) return;
+    uint8_t *bits = calloc((size_t)(CN_F32_PIXELS * bits_stride), 1); /* bytes past the channels stay 0 */
+    if (!bits) {
+        atomic_store(&call->status, -1);
+        return;
+    }
+    for (int64_t r = begin; r < end; r++) {
+        const int64_t n = r / a->out_height, oh = r % a->out_height;
+        const float *row = a->padded + (n * hp + oh * a->stride_h) * wp * ch;
+        for (int64_t ow = 0, np; ow < a->out_width; ow += np) {
+            np = a->out_width - ow >= CN_F32_PIXELS ? CN_F32_PIXELS : 1; /* the row's tail one pixel at a time */
+            const float *in = row + ow * pixel;
+            for (int64_t b = 0; b < blocks; b++) {
+                const float *w = a->weight + b * terms * CN_F32_BLOCK;
+                if (np == CN_F32_PIXELS)
+                    fconv32_block(a, in, pixel, w, b * CN_F32_BLOCK, CN_F32_PIXELS, bits, bits_stride);
+                else
+                    fconv32_block(a, in, pixel, w, b * CN_F32_BLOCK, 1, bits, bits_stride);
+            }
+            for (int64_t i = 0; i < np; i++)
+                fconv32_store(a, bits + i * bits_stride, n, oh, ow + i, r * a->out_width + ow + i);
+        }
+    }
+    free(bits);
+}
+
+/* cn_fconv32_pack's arguments against the byte lengths of its buffers. */
+static int cn_fconv32_ok(const cn_fconv32_args *a) {
+    if (!a->input || !a->padded || !a->weight || !a->bias || !a->sign || !a->threshold ||
+        !CN_FCONV_COMMON_OK(a))
+        return 0;
+    const int64_t blocks = (a->out_channels + CN_F32_BLOCK - 1) / CN_F32_BLOCK;
+    const int64_t padded = CN_PRODUCT(a->batch, a->height + 2 * a->pad_h, a->width + 2 * a->pad_w, a->channels, 4);
+    const int64_t weight = CN_PRODUCT(blocks, a->kernel_h, a->kernel_w, a->channels, CN_F32_BLOCK, 4);
+    const int64_t per_channel = CN_PRODUCT(blocks, CN_F32_BLOCK, 4);
+    return cn_fits(padded, a->padded_bytes) && cn_fits(weight, a->weight_bytes) &&
+           cn_fits(per_channel, a->bias_bytes) && cn_fits(per_channel, a->sign_bytes) &&
+           cn_fits(per_channel, a->threshold_bytes);
+}
+#endif
+
+/* Whether cn_fconv32_pack runs here (AVX2 and FMA). */
+int cn_fconv32_supported(void) {
+#ifdef CN_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+/* Returns 0, -1 when memory ran out, -2 when this CPU lacks AVX2 or FMA, -3 for bad arguments. */
+int cn_fconv32_pack(const cn_fconv32_args *a, int threads) {
+    if (!cn_fconv32_supported()) return -2;
+#ifdef CN_X86
+    if (!cn_fconv32_ok(a)) return -3;
+    if (threads < 1) threads = 1;
+    cn_fconv32_call call = {a, 0};
+    cn_parallel(task_to_f32, &call, threads);
+    cn_parallel(task_fconv32, &call, threads);
     return atomic_load(&call.status);
 #else
     (void)a;
