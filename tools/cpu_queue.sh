@@ -10,11 +10,16 @@ cd "$(dirname "$0")/.."
 compactnets=.venv/bin/compactnets
 data=../shared/data/cifar10
 longer=(nin_cifar10_cpu resnet32_s8u1_cifar10_cpu nin_xnornet_cifar10_cpu)
-trap '$compactnets reproduce xnor-net-cifar10-cpu shared-bases-cifar10-cpu --table-only --output training >/dev/null
-      $compactnets reproduce "${longer[@]}" --table-only --output training/longer --compare training >/dev/null' EXIT
-# Finished rows are skipped (reproduce reads their log.csv and args.json).
+tables() {
+    $compactnets reproduce xnor-net-cifar10-cpu shared-bases-cifar10-cpu --table-only --output training >/dev/null
+    $compactnets reproduce "${longer[@]}" --table-only --output training/longer --compare training >/dev/null
+}
+trap tables EXIT
+# Finished rows are skipped (reproduce reads their log.csv and args.json); each reproduce writes the table of its
+# own rows, so the whole tables are written again before the first row trains.
 $compactnets reproduce nin_xnornet_cifar10_cpu nin_cifar10_cpu resnet32_s8u1_cifar10_cpu --data $data --output training
 $compactnets reproduce nin-xnornet-levers --epochs 10 --data $data --output training/levers
+tables
 
 # The NIN rows, in the order their teachers need: nin_gc_xnornet's recipe distils from the shipped nin_gc weights.
 # Then the evidence for the NIN rows that missed after 60 epochs (nin 88.28 against 91.37, nin_xnornet 79.31
