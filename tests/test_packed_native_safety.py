@@ -99,7 +99,9 @@ def test_packing_and_pooling_refuse_sizes_that_do_not_fit_their_buffers():
         assert pool(**bad) == BAD_ARGUMENTS, bad
 
 
-@pytest.mark.skipif(not bk.f32_conv_paths(), reason="this CPU has no float32 conv path (AVX2 and FMA)")
+@pytest.mark.skipif(
+    not (bk.is_available() and bk.f32_conv_paths()), reason="this CPU has no float32 conv path (AVX2 and FMA)"
+)
 def test_float32_conv_refuses_sizes_that_do_not_fit_its_buffers():
     x = torch.randn(2, 3, 9, 10)
     g = torch.Generator().manual_seed(3)

@@ -781,8 +781,8 @@ class Float32ConvSigns(_ConvSigns):
     with AVX2 and FMA, for inputs of one shape: input NCHW floats (any strides), output packed bits or +-1 bytes like
     :func:`pack_signs`. Each sum runs over its window in (kh, kw, channel) order, then adds the bias, and its sign is
     decided as :func:`pack_signs` decides it: the result differs from torch's float32 conv followed by
-    :func:`pack_signs` by float summation order only. For CPUs without a bf16 path (:class:`Bf16ConvSigns`), where
-    it spares the runner torch's conv, its thread pool and a packing pass."""
+    :func:`pack_signs` by float summation order only. It spares the runner torch's conv, its thread pool and a
+    packing pass: above all on CPUs without a bf16 path (:class:`Bf16ConvSigns`)."""
 
     what = "float32 conv"
 
@@ -800,7 +800,7 @@ class Float32ConvSigns(_ConvSigns):
         def per_channel(v, fill):
             return torch.cat([v.detach().float().reshape(-1), torch.full((width - out_channels,), fill)])
 
-        # [block][kh][kw][channel][24 outputs]: the 24 weights of one window element, one vector load each 8
+        # [block][kh][kw][channel][24 outputs]: the block's weights of one window element, three vector loads
         w32 = torch.zeros(width, kh, kw, c)
         w32[:out_channels] = weight.detach().float().permute(0, 2, 3, 1)
         self.weight = w32.reshape(blocks, F32_BLOCK, kh * kw * c).transpose(1, 2).contiguous()
