@@ -1388,9 +1388,18 @@ typedef struct {
 } cn_fconv_args;
 
 typedef struct {
-    const cn_fconv_args *a;
+    const void *a; /* cn_fconv_args or cn_fconv32_args */
     atomic_int status;
 } cn_fconv_call;
+
+/* A fused float conv's two passes over the pool's threads: the input copied (and converted), then the conv. */
+static int fconv_run(cn_task_fn copy, cn_task_fn conv, const void *args, int threads) {
+    cn_fconv_call call = {args, 0};
+    if (threads < 1) threads = 1;
+    cn_parallel(copy, &call, threads);
+    cn_parallel(conv, &call, threads);
+    return atomic_load(&call.status);
+}
 
 static inline float from_bf16(uint16_t b) {
     uint32_t u = (uint32_t)b << 16;
@@ -1795,11 +1804,7 @@ int cn_fconv_pack(const cn_fconv_args *a, int isa, int threads) {
         !cn_fits(CN_PRODUCT(a->batch, a->height, 4), a->row_max_bytes) || !a->weight_lo ||
         a->weight_lo_bytes < a->weight_bytes)
         return -3;
-    if (threads < 1) threads = 1;
-    cn_fconv_call call = {a, 0};
-    cn_parallel(task_to_bf16, &call, threads);
-    cn_parallel(isa == CN_ISA_AMX ? task_fconv : task_fconv_avx512, &call, threads);
-    return atomic_load(&call.status);
+    return fconv_run(task_to_bf16, isa == CN_ISA_AMX ? task_fconv : task_fconv_avx512, a, threads);
 #else
     (void)a;
     (void)threads;
@@ -1829,17 +1834,12 @@ typedef struct {
     int64_t input_bytes, padded_bytes, weight_bytes, bias_bytes, sign_bytes, threshold_bytes, out_bytes;
 } cn_fconv32_args;
 
-typedef struct {
-    const cn_fconv32_args *a;
-    atomic_int status;
-} cn_fconv32_call;
-
 #define CN_F32_PIXELS 4
 #define CN_F32_BLOCK 24 /* output channels per block: 3 vectors */
 
 #ifdef CN_X86
 CN_CLONES static void task_to_f32(void *c, int index, int count) {
-    const cn_fconv32_args *a = ((cn_fconv32_call *)c)->a;
+    const cn_fconv32_args *a = ((cn_fconv_call *)c)->a;
     const int64_t wp = a->width + 2 * a->pad_w, hp = a->height + 2 * a->pad_h, ch = a->channels;
     int64_t begin, end;
     cn_share(a->batch * a->height, index, count, &begin, &end);
@@ -1897,7 +1897,7 @@ static void fconv32_store(const cn_fconv32_args *a, const uint8_t *bits, int64_t
 }
 
 __attribute__((target("avx2,fma"))) static void task_fconv32(void *c, int index, int count) {
-    cn_fconv32_call *call = c;
+    cn_fconv_call *call = c;
     const cn_fconv32_args *a = call->a;
     const int64_t ch = a->channels, wp = a->width + 2 * a->pad_w, hp = a->height + 2 * a->pad_h;
     const int64_t blocks = (a->out_channels + CN_F32_BLOCK - 1) / CN_F32_BLOCK;
@@ -1961,11 +1961,7 @@ int cn_fconv32_pack(const cn_fconv32_args *a, int threads) {
     if (!cn_fconv32_supported()) return -2;
 #ifdef CN_X86
     if (!cn_fconv32_ok(a)) return -3;
-    if (threads < 1) threads = 1;
-    cn_fconv32_call call = {a, 0};
-    cn_parallel(task_to_f32, &call, threads);
-    cn_parallel(task_fconv32, &call, threads);
-    return atomic_load(&call.status);
+    return fconv_run(task_to_f32, task_fconv32, a, threads);
 #else
     (void)a;
     (void)threads;
