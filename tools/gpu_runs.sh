@@ -19,7 +19,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:?"usage: tools/gpu_runs.sh BUDGET ROW [ROW ...]"}
 shift
-[ $# -ge 1 ] && [ $# -le 7 ] || { echo "gpu_runs: 1 to 7 rows (\$OUT takes 8 files: a tar per row and the log)" >&2; exit 2; }
+if [ $# -lt 1 ] || [ $# -gt 7 ]; then
+    echo "gpu_runs: 1 to 7 rows (\$OUT takes 8 files: a tar per row and the log)" >&2
+    exit 2
+fi
 python=${PYTHON:-python3}  # the device machine's python3 holds torch, torchvision, timm and safetensors
 out=${OUT:?"gpu_runs: \$OUT (the device tool's folder of files to return) is not set"}
 data=../shared/data/cifar10
