@@ -187,7 +187,7 @@ def test_rows_train_resume_and_tabulate(run_cli, tmp_path):
     assert row["cpu_time_s"] > 0 and row["cpu_time_epochs"] == 2 and row["views"] == []  # no EMA, no re-estimation
     table = (out / "results.md").read_text()
     assert (
-        f"| tiny | nin | 92.37 | {max(top1):.2f} ({row['best_epoch']}) | {top1[-1]:.2f} | - | 2 / 1 (nin_cifar10: 200)"
+        f"| tiny | nin | 92.37 | {max(top1):.2f} ({row['best_epoch']}) | {top1[-1]:.2f} | - | 2 / 2 (recipe 1; nin_cifar10: 200)"
         in table
     )
     assert (out / "tiny" / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -270,6 +270,7 @@ def test_compare_puts_each_row_beside_its_run_in_another_folder(run_cli, tmp_pat
     table = (longer / "results.md").read_text().splitlines()
     assert table[0].endswith(f"| the same row in {shorter}: last top-1 (epochs run) |")
     assert table[2].startswith("| tiny | nin |") and table[2].endswith("| 55.50 (2) |")
+    assert "| 4 / 4 (recipe 1; nin_cifar10: 200) |" in table[2]  # the run's own length, then its recipe's
     assert table[3].startswith("| other | nin |") and table[3].endswith("| not run |")
     assert all(line.count("|") == table[0].count("|") for line in table)
     curves = {label: (list(x), list(y)) for label, x, y in plotted}

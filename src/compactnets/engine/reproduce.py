@@ -273,7 +273,7 @@ def _views(r: dict) -> str:
 def markdown_table(results: list[dict], compared_in: Path | None = None) -> str:
     header = (
         "row", "model", "published top-1", "best top-1 (epoch)", "last top-1",
-        "final weights: EMA / raw, BN re-estimated (running)", "epochs run / recipe (paper)",
+        "final weights: EMA / raw, BN re-estimated (running)", "epochs run / planned (recipe; paper)",
         "train time (CPU time)", "device", "precision, data path", "data", "command",
     )  # fmt: skip
     columns = len(header)  # a row not run leaves the run's cells empty
@@ -284,8 +284,10 @@ def markdown_table(results: list[dict], compared_in: Path | None = None) -> str:
         if r["status"] == "not run":
             cells.append(f"not run (a view of row {r['measures']['run']})" if "measures" in r else "not run")
         else:
-            epochs = f"{r['epochs_run']} / {r['recipe_epochs']}"
-            epochs += f" ({r['shortens']}: {r['paper_epochs']})" if r["shortens"] else ""
+            epochs = f"{r['epochs_run']} / {r['epochs_planned']}"  # a run's own length (--epochs), then its recipe's
+            length = [f"recipe {r['recipe_epochs']}"] if r["epochs_planned"] != r["recipe_epochs"] else []
+            length += [f"{r['shortens']}: {r['paper_epochs']}"] if r["shortens"] else []
+            epochs += f" ({'; '.join(length)})" if length else ""
             command = f"`{r['command']}`"
             if "measures" in r:  # a view of another row's run
                 m = r["measures"]
