@@ -187,8 +187,8 @@ def test_rows_train_resume_and_tabulate(run_cli, tmp_path):
     assert row["cpu_time_s"] > 0 and row["cpu_time_epochs"] == 2 and row["views"] == []  # no EMA, no re-estimation
     table = (out / "results.md").read_text()
     assert (
-        f"| tiny | nin | 92.37 | {max(top1):.2f} ({row['best_epoch']}) | {top1[-1]:.2f} | - | 2 / 2 (recipe 1; nin_cifar10: 200)"
-        in table
+        f"| tiny | nin | 92.37 | {max(top1):.2f} ({row['best_epoch']}) | {top1[-1]:.2f} | - | "
+        "2 / 2 (recipe 1; nin_cifar10: 200)" in table
     )
     assert (out / "tiny" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
