@@ -677,7 +677,8 @@ def bf16_conv_paths() -> list[str]:
 
 class _ConvSigns:
     """A fused float conv into signs, built for one input shape (``shape``): its C arguments (``args``), the entry
-    point that runs them (``_run``, named ``what`` in errors), and the output it writes (``out``)."""
+    point that runs them (``_run``, named ``what`` in errors; looked up once, ``_fn``), and the output it writes
+    (``out``)."""
 
     what: str
 
@@ -761,9 +762,10 @@ class Bf16ConvSigns(_ConvSigns):
         for name, t in lengths.items():
             setattr(self.args, f"{name}_bytes", _nbytes(t))
         self.shape = tuple(input_shape)
+        self._fn = library().cn_fconv_pack
 
     def _run(self, args: _FconvArgs, threads: int) -> int:
-        return library().cn_fconv_pack(ctypes.byref(args), self.isa, threads)
+        return self._fn(ctypes.byref(args), self.isa, threads)
 
 
 # ---------------------------------------------------------------------------------------------- float conv, float32
@@ -817,6 +819,7 @@ class Float32ConvSigns(_ConvSigns):
         for name in ("padded", "weight", "bias", "sign", "threshold", "out"):
             setattr(self.args, f"{name}_bytes", _nbytes(getattr(self, name)))
         self.shape = tuple(input_shape)
+        self._fn = library().cn_fconv32_pack
 
     def _run(self, args: _Fconv32Args, threads: int) -> int:
-        return library().cn_fconv32_pack(ctypes.byref(args), threads)
+        return self._fn(ctypes.byref(args), threads)
