@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from common import environment  # benchmarks/common.py
 from torch import nn
 
-from compactnets.data import detect_kind
+from compactnets.data import DataError, detect_kind
 from compactnets.data.memory import decode_split
 
 PUBLISHED_TOP1 = 94.01  # airbench94_muon.py, mean of 200 runs on the original batches, 6-view TTA
@@ -226,7 +226,7 @@ def train(model: CifarNet, images: torch.Tensor, labels: torch.Tensor, seed: int
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = len(images) // BATCH
     if steps_per_epoch == 0:
-        raise SystemExit(f"error: {len(images)} training images make no batch of {BATCH}")
+        raise ValueError(f"{len(images)} training images make no batch of {BATCH}")
     total_steps = EPOCHS * steps_per_epoch
     bias_steps = WHITEN_BIAS_EPOCHS * steps_per_epoch
     model.init_whiten(images[torch.randperm(len(images), generator=generator)[:5000]])
@@ -254,13 +254,20 @@ def main(argv=None) -> None:
     parser.add_argument("--train-limit", type=int, default=None, help="a random subset of the training set")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    kind = detect_kind(args.data)
-    train_split = decode_split(args.data, "train", kind, limit=args.train_limit)
-    test_split = decode_split(args.data, "test", kind)
+    try:
+        kind = detect_kind(args.data)
+        train_split = decode_split(args.data, "train", kind, limit=args.train_limit)
+        test_split = decode_split(args.data, "test", kind)
+    except DataError as e:
+        parser.exit(2, f"error: {e}\n")
     if len(train_split.classes) != 10:
-        raise SystemExit(f"error: {args.data} has {len(train_split.classes)} classes; the anchor is CIFAR-10's")
+        parser.exit(2, f"error: {args.data} has {len(train_split.classes)} classes; the anchor is CIFAR-10's\n")
+    if len(train_split) < BATCH:
+        parser.exit(2, f"error: {len(train_split)} training images make no batch of {BATCH}\n")
     train_images, test_images = normalize(train_split.images), normalize(test_split.images)
     print(environment())
     print(f"data {args.data}: {len(train_images)} train / {len(test_images)} test images")
