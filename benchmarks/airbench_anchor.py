@@ -9,6 +9,9 @@ against which the seed rows' misses in training/results.md are read.
 
     python benchmarks/airbench_anchor.py --data ../shared/data/cifar10 --threads 2
     python benchmarks/airbench_anchor.py --data ../shared/data/cifar10 --runs 3 --json anchor.json
+    python benchmarks/airbench_anchor.py --data ../shared/data/cifar10 --compare-with airbench94_muon.py
+
+The last one checks the port against the published script (its own classes, stepped beside this one's).
 
 The recipe, written here from the published script: a frozen 2x2 patch-whitening conv (eigenvectors of the patch
 covariance of 5,000 training images, +-) with a trained bias (for the first 3 epochs only), GELU, three blocks
@@ -30,11 +33,14 @@ lists its images class by class, where the python batches are shuffled).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import math
+import os
 import statistics
 import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -246,6 +252,89 @@ def train(model: CifarNet, images: torch.Tensor, labels: torch.Tensor, seed: int
         log(f"  epoch {epoch + 1}/{EPOCHS}: {time.perf_counter() - start:.0f} s, last batch {accuracy:.1f} % train")
 
 
+def _newton_schulz64(g: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS, eps: float = 1e-7) -> torch.Tensor:
+    """Muon's orthogonalisation (the published coefficients) in float64: for comparing two formulations without
+    bfloat16 rounding between them."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.double() / (g.double().norm() + eps)
+    tall = x.size(0) > x.size(1)
+    x = x.T if tall else x
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+def compare_with_published(path: str, images: torch.Tensor, labels: torch.Tensor, steps: int = 6) -> None:
+    """Trains this script's model and the published script's own (its classes, loaded from ``path``, on the CPU in
+    float32; the optimisers as its ``main`` builds them) from the same weights on the same batches of 100, both
+    orthogonalising in float64, and prints the largest logit difference at each step, beside that of this script
+    against itself with one filter changed by 1e-7 (Muon magnifies rounding, so later steps part either way)."""
+    spec = importlib.util.spec_from_file_location("airbench_published", path)
+    published = importlib.util.module_from_spec(spec)
+    with mock.patch("torch.compile", lambda fn=None, **_: fn):  # its GPU-tuned decorator: eager here
+        spec.loader.exec_module(published)
+    missing = [name for name in ("CifarNet", "Muon", "zeropower_via_newtonschulz5") if not hasattr(published, name)]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)}: not airbench94_muon.py")
+    published.zeropower_via_newtonschulz5 = lambda g, steps=NEWTON_SCHULZ_STEPS, eps=1e-7: _newton_schulz64(g, steps)
+    ours, nudged = CifarNet(), CifarNet()
+    ours.init_whiten(images)
+    theirs = published.CifarNet().float()
+    names = {"0": "conv1", "2": "norm1", "4": "conv2", "5": "norm2"}
+    state = {}
+    for name, tensor in ours.state_dict().items():
+        parts = name.split(".")
+        if parts[0] == "layers" and len(parts) > 2:  # layers.G.I.x -> layers.G.convN / normN.x
+            block = getattr(theirs.layers[int(parts[1])], names[parts[2]])
+            name = ".".join(["layers", parts[1], names[parts[2]], *parts[3:]])
+            tensor = tensor.view(block.weight.shape) if names[parts[2]].startswith("conv") else tensor
+        state[name] = tensor
+    theirs.load_state_dict(state)
+    nudged.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        nudged.layers[2][4].weight.add_(torch.randn(nudged.layers[2][4].weight.shape) * 1e-7)
+    filters = [p for p in theirs.parameters() if p.ndim == 4 and p.requires_grad]
+    norm_biases = [p for n, p in theirs.named_parameters() if "norm" in n and p.requires_grad]
+    their_sgd = torch.optim.SGD(
+        [
+            dict(params=[theirs.whiten.bias], lr=BIAS_LR, weight_decay=WEIGHT_DECAY / BIAS_LR),
+            dict(params=norm_biases, lr=BIAS_LR, weight_decay=WEIGHT_DECAY / BIAS_LR),
+            dict(params=[theirs.head.weight], lr=HEAD_LR, weight_decay=WEIGHT_DECAY / HEAD_LR),
+        ],
+        momentum=SGD_MOMENTUM,
+        nesterov=True,
+    )
+    their_muon = published.Muon(filters, lr=FILTER_LR, momentum=FILTER_MOMENTUM, nesterov=True)
+    for group in (*their_sgd.param_groups, *their_muon.param_groups):
+        group["initial_lr"] = group["lr"]
+    optimizers = {id(m): make_optimizers(m) for m in (ours, nudged)}
+    total_steps, bias_steps = 10, 4
+    with mock.patch("torch.optim._muon._zeropower_via_newtonschulz", lambda g, _, n, eps: _newton_schulz64(g, n)):
+        for step in range(steps):
+            x, y = images[step * 100 : (step + 1) * 100], labels[step * 100 : (step + 1) * 100]
+            outputs = {}
+            for model in (ours, nudged, theirs):
+                model.train()
+                outputs[id(model)] = model(x, whiten_bias_grad=step < bias_steps)
+                F.cross_entropy(outputs[id(model)], y, label_smoothing=LABEL_SMOOTHING, reduction="sum").backward()
+            for model in (ours, nudged):
+                optimizer_step(*optimizers[id(model)], step, total_steps, bias_steps)
+            their_sgd.param_groups[0]["lr"] = BIAS_LR * (1 - step / bias_steps)
+            for group in (*their_sgd.param_groups[1:], *their_muon.param_groups):
+                group["lr"] = group["initial_lr"] * (1 - step / total_steps)
+            their_sgd.step()
+            their_muon.step()
+            for model in (ours, nudged, theirs):
+                model.zero_grad(set_to_none=True)
+            mine = outputs[id(ours)].detach()
+            print(
+                f"step {step}: max |logit difference| against the published script "
+                f"{(mine - outputs[id(theirs)].detach()).abs().max():.1e}, against itself nudged "
+                f"{(mine - outputs[id(nudged)].detach()).abs().max():.1e} (max |logit| {mine.abs().max():.2f})"
+            )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="a CIFAR-10 copy: an ImageFolder tree or the python batches")
@@ -253,6 +342,11 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--train-limit", type=int, default=None, help="a random subset of the training set")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument(
+        "--compare-with",
+        metavar="AIRBENCH94_MUON_PY",
+        help="instead of training: run that file (the published script) and step its classes beside this one's",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -269,6 +363,15 @@ def main(argv=None) -> None:
     if len(train_split) < BATCH:
         parser.exit(2, f"error: {len(train_split)} training images make no batch of {BATCH}\n")
     train_images, test_images = normalize(train_split.images), normalize(test_split.images)
+    if args.compare_with:
+        if not os.path.isfile(args.compare_with):
+            parser.exit(2, f"error: --compare-with: no file {args.compare_with}\n")
+        torch.manual_seed(0)
+        sample = torch.randperm(len(train_images))[:600]
+        try:
+            return compare_with_published(args.compare_with, train_images[sample], train_split.targets[sample])
+        except ValueError as e:
+            parser.exit(2, f"error: {e}\n")
     print(environment())
     print(f"data {args.data}: {len(train_images)} train / {len(test_images)} test images")
     print(f"{EPOCHS} epochs, batch {BATCH}, {args.runs} run(s)")
