@@ -193,19 +193,24 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, level
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
-def make_optimizers(model: CifarNet) -> tuple[torch.optim.SGD, torch.optim.Muon]:
-    """Nesterov SGD for the whitening bias, the BN biases and the head; Muon for the filters."""
-    filters = [p for p in model.parameters() if p.ndim == 2 and p.requires_grad and p is not model.head.weight]
-    norm_biases = [p for n, p in model.named_parameters() if p.ndim == 1 and p.requires_grad and n != "whiten.bias"]
-    sgd = torch.optim.SGD(
+def bias_and_head_sgd(whiten_bias, norm_biases: list, head_weight) -> torch.optim.SGD:
+    """Nesterov SGD in three groups (whitening bias, BN biases, head), coupled weight decay scaled by 1 / lr."""
+    return torch.optim.SGD(
         [
-            dict(params=[model.whiten.bias], lr=BIAS_LR, weight_decay=WEIGHT_DECAY / BIAS_LR),
+            dict(params=[whiten_bias], lr=BIAS_LR, weight_decay=WEIGHT_DECAY / BIAS_LR),
             dict(params=norm_biases, lr=BIAS_LR, weight_decay=WEIGHT_DECAY / BIAS_LR),
-            dict(params=[model.head.weight], lr=HEAD_LR, weight_decay=WEIGHT_DECAY / HEAD_LR),
+            dict(params=[head_weight], lr=HEAD_LR, weight_decay=WEIGHT_DECAY / HEAD_LR),
         ],
         momentum=SGD_MOMENTUM,
         nesterov=True,
     )
+
+
+def make_optimizers(model: CifarNet) -> tuple[torch.optim.SGD, torch.optim.Muon]:
+    """Nesterov SGD for the whitening bias, the BN biases and the head; Muon for the filters."""
+    filters = [p for p in model.parameters() if p.ndim == 2 and p.requires_grad and p is not model.head.weight]
+    norm_biases = [p for n, p in model.named_parameters() if p.ndim == 1 and p.requires_grad and n != "whiten.bias"]
+    sgd = bias_and_head_sgd(model.whiten.bias, norm_biases, model.head.weight)
     muon = torch.optim.Muon(
         filters, lr=FILTER_LR, momentum=FILTER_MOMENTUM, nesterov=True, weight_decay=0.0, ns_steps=NEWTON_SCHULZ_STEPS
     )
@@ -296,15 +301,7 @@ def compare_with_published(path: str, images: torch.Tensor, labels: torch.Tensor
         nudged.layers[2][4].weight.add_(torch.randn(nudged.layers[2][4].weight.shape) * 1e-7)
     filters = [p for p in theirs.parameters() if p.ndim == 4 and p.requires_grad]
     norm_biases = [p for n, p in theirs.named_parameters() if "norm" in n and p.requires_grad]
-    their_sgd = torch.optim.SGD(
-        [
-            dict(params=[theirs.whiten.bias], lr=BIAS_LR, weight_decay=WEIGHT_DECAY / BIAS_LR),
-            dict(params=norm_biases, lr=BIAS_LR, weight_decay=WEIGHT_DECAY / BIAS_LR),
-            dict(params=[theirs.head.weight], lr=HEAD_LR, weight_decay=WEIGHT_DECAY / HEAD_LR),
-        ],
-        momentum=SGD_MOMENTUM,
-        nesterov=True,
-    )
+    their_sgd = bias_and_head_sgd(theirs.whiten.bias, norm_biases, theirs.head.weight)
     their_muon = published.Muon(filters, lr=FILTER_LR, momentum=FILTER_MOMENTUM, nesterov=True)
     for group in (*their_sgd.param_groups, *their_muon.param_groups):
         group["initial_lr"] = group["lr"]
