@@ -33,10 +33,10 @@ lists its images class by class, where the python batches are shuffled).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import json
-import math
 import os
 import statistics
 import time
@@ -58,6 +58,7 @@ BATCH = 2000
 WHITEN_BIAS_EPOCHS = 3
 LABEL_SMOOTHING = 0.2
 FILTER_LR, FILTER_MOMENTUM, NEWTON_SCHULZ_STEPS = 0.24, 0.6, 3
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 BIAS_LR, HEAD_LR, SGD_MOMENTUM = 0.053, 0.67, 0.85
 WEIGHT_DECAY = 2e-6 * BATCH
 TRANSLATE = 2
@@ -69,8 +70,7 @@ class Conv(nn.Module):
 
     def __init__(self, channels_in: int, channels_out: int):
         super().__init__()
-        filters = torch.empty(channels_out, channels_in, 3, 3)
-        nn.init.kaiming_uniform_(filters, a=math.sqrt(5))
+        filters = nn.Conv2d(channels_in, channels_out, 3, bias=False).weight.detach()
         nn.init.dirac_(filters[:channels_in])
         self.shape = filters.shape
         self.weight = nn.Parameter(filters.flatten(1))
@@ -208,11 +208,17 @@ def bias_and_head_sgd(whiten_bias, norm_biases: list, head_weight) -> torch.opti
 
 def make_optimizers(model: CifarNet) -> tuple[torch.optim.SGD, torch.optim.Muon]:
     """Nesterov SGD for the whitening bias, the BN biases and the head; Muon for the filters."""
-    filters = [p for p in model.parameters() if p.ndim == 2 and p.requires_grad and p is not model.head.weight]
-    norm_biases = [p for n, p in model.named_parameters() if p.ndim == 1 and p.requires_grad and n != "whiten.bias"]
+    filters = [m.weight for m in model.modules() if isinstance(m, Conv)]
+    norm_biases = [m.bias for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     sgd = bias_and_head_sgd(model.whiten.bias, norm_biases, model.head.weight)
     muon = torch.optim.Muon(
-        filters, lr=FILTER_LR, momentum=FILTER_MOMENTUM, nesterov=True, weight_decay=0.0, ns_steps=NEWTON_SCHULZ_STEPS
+        filters,
+        lr=FILTER_LR,
+        momentum=FILTER_MOMENTUM,
+        nesterov=True,
+        weight_decay=0.0,
+        ns_coefficients=NEWTON_SCHULZ_COEFFICIENTS,
+        ns_steps=NEWTON_SCHULZ_STEPS,
     )
     for group in (*sgd.param_groups, *muon.param_groups):
         group["initial_lr"] = group["lr"]
@@ -241,26 +247,22 @@ def train(model: CifarNet, images: torch.Tensor, labels: torch.Tensor, seed: int
     total_steps = EPOCHS * steps_per_epoch
     bias_steps = WHITEN_BIAS_EPOCHS * steps_per_epoch
     model.init_whiten(images[torch.randperm(len(images), generator=generator)[:5000]])
-    sgd, muon = make_optimizers(model)
+    update = functools.partial(optimizer_step, *make_optimizers(model), total_steps=total_steps, bias_steps=bias_steps)
     padded = F.pad(random_flip(images, generator), (TRANSLATE,) * 4, "reflect")
     step = 0
     for epoch in range(EPOCHS):
         model.train()
         start = time.perf_counter()
         for x, y in epoch_batches(padded, labels, epoch, generator):
-            outputs = model(x, whiten_bias_grad=step < bias_steps)
-            F.cross_entropy(outputs, y, label_smoothing=LABEL_SMOOTHING, reduction="sum").backward()
-            optimizer_step(sgd, muon, step, total_steps, bias_steps)
-            model.zero_grad(set_to_none=True)
+            outputs = _train_step(model, x, y, step, bias_steps, update)
             step += 1
-        accuracy = 100.0 * (outputs.detach().argmax(1) == y).float().mean().item()
+        accuracy = 100.0 * (outputs.argmax(1) == y).float().mean().item()
         log(f"  epoch {epoch + 1}/{EPOCHS}: {time.perf_counter() - start:.0f} s, last batch {accuracy:.1f} % train")
 
 
 def _newton_schulz64(g: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS, eps: float = 1e-7) -> torch.Tensor:
-    """Muon's orthogonalisation (the published coefficients) in float64: for comparing two formulations without
-    bfloat16 rounding between them."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    """Muon's orthogonalisation in float64: for comparing two formulations without bfloat16 rounding between them."""
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     x = g.double() / (g.double().norm() + eps)
     tall = x.size(0) > x.size(1)
     x = x.T if tall else x
@@ -305,31 +307,42 @@ def compare_with_published(path: str, images: torch.Tensor, labels: torch.Tensor
     their_muon = published.Muon(filters, lr=FILTER_LR, momentum=FILTER_MOMENTUM, nesterov=True)
     for group in (*their_sgd.param_groups, *their_muon.param_groups):
         group["initial_lr"] = group["lr"]
-    optimizers = {id(m): make_optimizers(m) for m in (ours, nudged)}
     total_steps, bias_steps = 10, 4
+
+    def step_published(step: int) -> None:  # its main's schedule, then its two optimisers
+        their_sgd.param_groups[0]["lr"] = BIAS_LR * (1 - step / bias_steps)
+        for group in (*their_sgd.param_groups[1:], *their_muon.param_groups):
+            group["lr"] = group["initial_lr"] * (1 - step / total_steps)
+        their_sgd.step()
+        their_muon.step()
+
+    updates = [
+        *((m, functools.partial(optimizer_step, *make_optimizers(m), total_steps=total_steps, bias_steps=bias_steps))
+          for m in (ours, nudged)),
+        (theirs, step_published),
+    ]  # fmt: skip
     with mock.patch("torch.optim._muon._zeropower_via_newtonschulz", lambda g, _, n, eps: _newton_schulz64(g, n)):
         for step in range(steps):
             x, y = images[step * 100 : (step + 1) * 100], labels[step * 100 : (step + 1) * 100]
-            outputs = {}
-            for model in (ours, nudged, theirs):
-                model.train()
-                outputs[id(model)] = model(x, whiten_bias_grad=step < bias_steps)
-                F.cross_entropy(outputs[id(model)], y, label_smoothing=LABEL_SMOOTHING, reduction="sum").backward()
-            for model in (ours, nudged):
-                optimizer_step(*optimizers[id(model)], step, total_steps, bias_steps)
-            their_sgd.param_groups[0]["lr"] = BIAS_LR * (1 - step / bias_steps)
-            for group in (*their_sgd.param_groups[1:], *their_muon.param_groups):
-                group["lr"] = group["initial_lr"] * (1 - step / total_steps)
-            their_sgd.step()
-            their_muon.step()
-            for model in (ours, nudged, theirs):
-                model.zero_grad(set_to_none=True)
-            mine = outputs[id(ours)].detach()
+            mine, nudged_out, published_out = (
+                _train_step(model, x, y, step, bias_steps, update) for model, update in updates
+            )
             print(
                 f"step {step}: max |logit difference| against the published script "
-                f"{(mine - outputs[id(theirs)].detach()).abs().max():.1e}, against itself nudged "
-                f"{(mine - outputs[id(nudged)].detach()).abs().max():.1e} (max |logit| {mine.abs().max():.2f})"
+                f"{(mine - published_out).abs().max():.1e}, against itself nudged "
+                f"{(mine - nudged_out).abs().max():.1e} (max |logit| {mine.abs().max():.2f})"
             )
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, bias_steps: int, update) -> torch.Tensor:
+    """Step ``step`` of the recipe: its loss, backward, then ``update(step)`` (the optimisers). Returns the logits
+    before the update."""
+    model.train()
+    outputs = model(x, whiten_bias_grad=step < bias_steps)
+    F.cross_entropy(outputs, y, label_smoothing=LABEL_SMOOTHING, reduction="sum").backward()
+    update(step)
+    model.zero_grad(set_to_none=True)
+    return outputs.detach()
 
 
 def main(argv=None) -> None:
@@ -359,7 +372,7 @@ def main(argv=None) -> None:
         parser.exit(2, f"error: {args.data} has {len(train_split.classes)} classes; the anchor is CIFAR-10's\n")
     if len(train_split) < BATCH:
         parser.exit(2, f"error: {len(train_split)} training images make no batch of {BATCH}\n")
-    train_images, test_images = normalize(train_split.images), normalize(test_split.images)
+    train_images = normalize(train_split.images)
     if args.compare_with:
         if not os.path.isfile(args.compare_with):
             parser.exit(2, f"error: --compare-with: no file {args.compare_with}\n")
@@ -369,6 +382,7 @@ def main(argv=None) -> None:
             return compare_with_published(args.compare_with, train_images[sample], train_split.targets[sample])
         except ValueError as e:
             parser.exit(2, f"error: {e}\n")
+    test_images = normalize(test_split.images)
     print(environment())
     print(f"data {args.data}: {len(train_images)} train / {len(test_images)} test images")
     print(f"{EPOCHS} epochs, batch {BATCH}, {args.runs} run(s)")
